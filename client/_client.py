@@ -1,0 +1,163 @@
+"""An async client for the snapshot and pipeline services with typed MPS errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client import mps_json
+from client.api import pipeline_service_pb2 as pps
+from client.api import pipeline_service_pb2_grpc as pps_grpc
+from client.api import resources_pb2 as res
+from client.api import snapshot_service_pb2 as sps
+from client.api import snapshot_service_pb2_grpc as sps_grpc
+from client.errors import ResourceNotFoundError, from_rpc_error
+
+T = TypeVar("T")
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+FINAL_STATES = frozenset({"Success", "Fail", "Cancelled"})
+
+
+async def _call(coro: Awaitable[T]) -> T:
+    try:
+        return await coro
+    except aio.AioRpcError as err:
+        raise from_rpc_error(err) from None
+
+
+class SnapshotClient:
+    """``async with SnapshotClient("127.0.0.1:50051") as c: job = await c.snapshot(...)``.
+
+    Every method raises a subclass of client.errors.MpsApiError on failure.
+    """
+
+    def __init__(self, target: str = DEFAULT_TARGET, *, channel: aio.Channel | None = None,
+                 timeout: float | None = 30.0) -> None:
+        self._own_channel = channel is None
+        self.channel = channel or aio.insecure_channel(target)
+        self.timeout = timeout
+        self.snapshots = sps_grpc.SnapshotServiceStub(self.channel)
+        self.pipelines = pps_grpc.PipelineServiceStub(self.channel)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def __aenter__(self) -> SnapshotClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._own_channel:
+            await self.channel.close()
+
+    # Snapshot jobs
+
+    async def submit(self, request: sps.SubmitSnapshotJobRequest | Mapping[str, Any] | str,
+                     *, timeout: float | None = None) -> sps.SubmitSnapshotJobResponse:
+        """Submit a request message, or MPS JSON exactly as MPS takes it."""
+        if not isinstance(request, sps.SubmitSnapshotJobRequest):
+            request = mps_json.submit_request(request)
+        return await _call(self.snapshots.SubmitSnapshotJob(request, timeout=timeout or self.timeout))
+
+    async def snapshot(self, *, bucket: str, object: str, output_bucket: str, output_object: str,
+                       time_ms: int = 0, location: str = "", width: int | None = None,
+                       height: int | None = None, frame_type: str = "") -> res.SnapshotJob:
+        """One synchronous snapshot; returns the finished job."""
+        config = res.SnapshotConfig(
+            output_file=res.OSSFile(bucket=output_bucket, location=location, object=output_object),
+            time=time_ms, frame_type=frame_type)
+        if width is not None:
+            config.width = width
+        if height is not None:
+            config.height = height
+        request = sps.SubmitSnapshotJobRequest(
+            input=res.OSSFile(bucket=bucket, location=location, object=object), snapshot_config=config)
+        return (await self.submit(request)).snapshot_job
+
+    async def query(self, ids: list[str] | None = None, *, state: str = "", pipeline_id: str = "",
+                    page_size: int | None = None, page_token: str = "") -> sps.QuerySnapshotJobListResponse:
+        request = sps.QuerySnapshotJobListRequest(snapshot_job_ids=ids or [], state=state,
+                                                  pipeline_id=pipeline_id, next_page_token=page_token)
+        if page_size is not None:
+            request.maximum_page_size = page_size
+        return await _call(self.snapshots.QuerySnapshotJobList(request, timeout=self.timeout))
+
+    async def get(self, job_id: str) -> res.SnapshotJob:
+        response = await self.query([job_id])
+        if not response.snapshot_job_list:
+            raise ResourceNotFoundError("InvalidParameter.ResourceNotFound", f"job {job_id} does not exist",
+                                        grpc.StatusCode.NOT_FOUND)
+        return response.snapshot_job_list[0]
+
+    async def iter_jobs(self, *, state: str = "", pipeline_id: str = "", page_size: int = 100
+                        ) -> AsyncIterator[res.SnapshotJob]:
+        """Every job matching the filters, newest first, page by page."""
+        token = ""
+        while True:
+            page = await self.query(state=state, pipeline_id=pipeline_id, page_size=page_size, page_token=token)
+            for job in page.snapshot_job_list:
+                yield job
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[sps.SnapshotJobEvent]:
+        """The job's events until it ends."""
+        call = self.snapshots.WatchSnapshotJob(sps.WatchSnapshotJobRequest(snapshot_job_id=job_id), timeout=timeout)
+        try:
+            async for event in call:
+                yield event
+        except aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def wait(self, job_id: str, *, timeout: float | None = None,
+                   on_event: Callable[[sps.SnapshotJobEvent], None] | None = None) -> res.SnapshotJob:
+        """Follow the job until it ends and return its final state."""
+        last: res.SnapshotJob | None = None
+        async for event in self.watch(job_id, timeout=timeout):
+            if on_event is not None:
+                on_event(event)
+            last = event.snapshot_job
+        assert last is not None
+        return last
+
+    async def cancel(self, job_id: str) -> res.SnapshotJob:
+        response = await _call(self.snapshots.CancelSnapshotJob(
+            sps.CancelSnapshotJobRequest(snapshot_job_id=job_id), timeout=self.timeout))
+        return response.snapshot_job
+
+    # Pipelines
+
+    async def add_pipeline(self, name: str, **fields: Any) -> res.Pipeline:
+        response = await _call(self.pipelines.AddPipeline(pps.AddPipelineRequest(name=name, **fields),
+                                                          timeout=self.timeout))
+        return response.pipeline
+
+    async def update_pipeline(self, pipeline_id: str, *, name: str, state: str, **fields: Any) -> res.Pipeline:
+        request = pps.UpdatePipelineRequest(pipeline_id=pipeline_id, name=name, state=state, **fields)
+        return (await _call(self.pipelines.UpdatePipeline(request, timeout=self.timeout))).pipeline
+
+    async def query_pipelines(self, ids: list[str]) -> pps.QueryPipelineListResponse:
+        return await _call(self.pipelines.QueryPipelineList(pps.QueryPipelineListRequest(pipeline_ids=ids),
+                                                            timeout=self.timeout))
+
+    async def search_pipelines(self, state: str = "All", page_number: int = 1, page_size: int = 10
+                               ) -> pps.SearchPipelineResponse:
+        request = pps.SearchPipelineRequest(state=state, page_number=page_number, page_size=page_size)
+        return await _call(self.pipelines.SearchPipeline(request, timeout=self.timeout))
+
+    async def delete_pipeline(self, pipeline_id: str) -> None:
+        await _call(self.pipelines.DeletePipeline(pps.DeletePipelineRequest(pipeline_id=pipeline_id),
+                                                  timeout=self.timeout))
+
+    # Health
+
+    async def health(self, service: str = "", timeout: float = 3.0) -> str:
+        """"SERVING", "NOT_SERVING", ... for the whole server ("") or one service."""
+        response = await _call(self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout))
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

@@ -1,0 +1,152 @@
+"""``mps-snapshot``: run the server, and talk to it from a shell.
+
+    mps-snapshot serve                                  # start on 127.0.0.1:50051, data in ./data
+    mps-snapshot put my.mp4 videos/my.mp4               # copy a file into the embedded store
+    mps-snapshot snapshot videos/my.mp4 --time 5000 --out shots/my.jpg
+    mps-snapshot submit request.json                    # MPS SubmitSnapshotJob JSON
+    mps-snapshot query JOB_ID ... | watch JOB_ID | cancel JOB_ID | health
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+from client import mps_json
+from client._client import DEFAULT_TARGET, SnapshotClient
+from client.errors import MpsApiError
+
+
+def _split(path: str) -> tuple[str, str]:
+    bucket, sep, key = path.partition("/")
+    if not sep or not key:
+        raise SystemExit(f"expected BUCKET/KEY, got {path!r}")
+    return bucket, key
+
+
+def _print(message: object) -> None:
+    print(mps_json.to_json(message))  # type: ignore[arg-type]
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    async with SnapshotClient(args.target) as client:
+        if args.command == "health":
+            status = await client.health(timeout=args.timeout)
+            print(status)
+            return 0 if status == "SERVING" else 1
+        if args.command == "snapshot":
+            bucket, key = _split(args.input)
+            out_bucket, out_key = _split(args.out)
+            job = await client.snapshot(
+                bucket=bucket, object=quote(key, safe=""), output_bucket=out_bucket,
+                output_object=quote(out_key, safe="{}"), time_ms=args.time, width=args.width,
+                height=args.height, frame_type=args.frame_type, location=args.location)
+            _print(job)
+            return 0
+        if args.command == "submit":
+            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+            response = await client.submit(json.loads(text))
+            _print(response)
+            if args.wait and response.snapshot_job.state not in ("Success", "Fail"):
+                _print(await client.wait(response.snapshot_job.id))
+            return 0
+        if args.command == "query":
+            _print(await client.query(args.ids, state=args.state, pipeline_id=args.pipeline))
+            return 0
+        if args.command == "watch":
+            async for event in client.watch(args.id):
+                _print(event)
+            return 0
+        if args.command == "cancel":
+            _print(await client.cancel(args.id))
+            return 0
+    raise AssertionError(args.command)
+
+
+def _put(args: argparse.Namespace) -> int:
+    from server.config import load
+    from server.domain.keys import check_bucket, check_key
+    from server.storage.local import LocalStore
+
+    settings = load(data_dir=Path(args.data_dir) if args.data_dir else None)
+    bucket, key = _split(args.dest)
+    check_bucket(bucket, "bucket")
+    check_key(key, "key")
+    store = LocalStore(settings.data_dir)
+    asyncio.run(store.put_file(bucket, key, Path(args.file), "application/octet-stream"))
+    print(f"stored {store.path(bucket, key)}  (Bucket {bucket}, Object {quote(key, safe='')})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.app import App, configure_logging
+    from server.config import load
+
+    settings = load(Path(args.config) if args.config else None, listen=args.listen,
+                    data_dir=Path(args.data_dir) if args.data_dir else None)
+    configure_logging(settings.log_level)
+    asyncio.run(App(settings).serve_forever())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mps-snapshot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--listen", help="HOST:PORT (env MPS_SNAPSHOT_LISTEN; default 127.0.0.1:50051)")
+    serve.add_argument("--data-dir", help="storage and database folder (env MPS_SNAPSHOT_DATA_DIR; default ./data)")
+    serve.add_argument("--config", help="TOML settings file (env MPS_SNAPSHOT_CONFIG)")
+    put = sub.add_parser("put", help="copy a local file into the embedded store")
+    put.add_argument("file")
+    put.add_argument("dest", help="BUCKET/KEY")
+    put.add_argument("--data-dir", help="as for serve")
+    target = os.environ.get("MPS_SNAPSHOT_TARGET", DEFAULT_TARGET)
+    for name, help_text in (("health", "check the server's health"), ("snapshot", "take one snapshot now"),
+                            ("submit", "submit MPS SubmitSnapshotJob JSON"), ("query", "show jobs"),
+                            ("watch", "stream a job's progress"), ("cancel", "cancel a job")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--target", default=target, help=f"server address (env MPS_SNAPSHOT_TARGET; {target})")
+        if name == "health":
+            cmd.add_argument("--timeout", type=float, default=3.0)
+        elif name == "snapshot":
+            cmd.add_argument("input", help="BUCKET/KEY of the video")
+            cmd.add_argument("--out", required=True, help="BUCKET/KEY of the JPEG ({Count} etc. allowed)")
+            cmd.add_argument("--time", type=int, default=0, help="media time in milliseconds")
+            cmd.add_argument("--width", type=int)
+            cmd.add_argument("--height", type=int)
+            cmd.add_argument("--frame-type", default="", choices=["", "normal", "intra"])
+            cmd.add_argument("--location", default="")
+        elif name == "submit":
+            cmd.add_argument("file", help="JSON file, or - for standard input")
+            cmd.add_argument("--wait", action="store_true", help="follow an async job until it ends")
+        elif name == "query":
+            cmd.add_argument("ids", nargs="*")
+            cmd.add_argument("--state", default="")
+            cmd.add_argument("--pipeline", default="")
+        else:
+            cmd.add_argument("id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "put":
+            return _put(args)
+        return asyncio.run(_client_command(args))
+    except MpsApiError as err:
+        print(f"error: {err.code}: {err.message}", file=sys.stderr)
+        for v in err.violations:
+            print(f"  {v.field}: {v.description}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,84 @@
+"""Errors of the snapshot domain, each carrying its MPS error code.
+
+The transport maps ``code`` to a gRPC status in one table (server/rpc/errors.py); the
+same codes end up in a failed job's Code/Message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """A request field at fault, named by its proto path (``snapshot_config.width``)."""
+
+    field: str
+    description: str
+
+
+class MpsError(Exception):
+    """An error with an MPS code and a message that tells the caller what to fix."""
+
+    code = "InternalError"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        violations: tuple[FieldViolation, ...] = (),
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.violations = violations
+        self.retry_after = retry_after
+
+
+class InvalidParameter(MpsError):
+    code = "InvalidParameter"
+
+    @classmethod
+    def field(cls, field: str, description: str, *, code: str | None = None) -> InvalidParameter:
+        return cls(description, code=code, violations=(FieldViolation(field, description),))
+
+
+class ResourceNotFound(MpsError):
+    code = "InvalidParameter.ResourceNotFound"
+
+
+class ResourceContentBad(MpsError):
+    code = "InvalidParameter.ResourceContentBad"
+
+
+class SnapshotTimeOut(MpsError):
+    code = "SnapshotTimeOut"
+
+
+class InvalidState(MpsError):
+    """The resource is in a state that does not allow the call (e.g. cancelling a finished job)."""
+
+    code = "IncorrectJobState"
+
+
+class QueueFull(MpsError):
+    code = "Throttling.PipelineQueueFull"
+
+
+class ServiceUnavailable(MpsError):
+    code = "ServiceUnavailable"
+
+
+class PermissionDenied(MpsError):
+    code = "PermissionDenied.ResourceAccess"
+
+
+class TransientError(MpsError):
+    code = "TransientNetWorkError"
+
+
+class InternalError(MpsError):
+    code = "InternalError"

@@ -1,0 +1,175 @@
+"""The snapshot domain: requests, jobs and pipelines as plain frozen dataclasses.
+
+Nothing here knows about protobuf, gRPC, SQLite or ffmpeg. Optional fields keep the
+caller's "not given" (None) apart from a given zero, because MPS defaults differ from
+zero (Time, Num, Lines, IsKeepCellPic ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class JobState(enum.StrEnum):
+    """A job's state, spelled as MPS spells it ("Snapshoting" has one t)."""
+
+    SUBMITTED = "Submitted"
+    SNAPSHOTING = "Snapshoting"
+    SUCCESS = "Success"
+    FAIL = "Fail"
+    CANCELLED = "Cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCESS, JobState.FAIL, JobState.CANCELLED)
+
+
+class FrameType(enum.StrEnum):
+    """Which frame a snapshot takes: the exact one, or the nearest keyframe."""
+
+    NORMAL = "normal"
+    INTRA = "intra"
+
+
+class PipelineState(enum.StrEnum):
+    ACTIVE = "Active"
+    PAUSED = "Paused"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """An object in a bucket. ``object`` is kept exactly as the caller sent it
+    (URL-encoded) so it can be echoed; ``key`` is the decoded key after validation."""
+
+    bucket: str = ""
+    location: str = ""
+    object: str = ""
+    role_arn: str = ""
+
+
+@dataclass(frozen=True)
+class TileOut:
+    lines: int | None = None
+    columns: int | None = None
+    cell_width: int | None = None
+    cell_height: int | None = None
+    margin: int = 0
+    padding: int = 0
+    color: str = ""
+    is_keep_cell_pic: bool | None = None
+    cell_sel_step: int | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotConfig:
+    output_file: ObjectRef | None = None
+    time: int | None = None
+    interval: int | None = None
+    num: int | None = None
+    frame_type: str = ""
+    width: int | None = None
+    height: int | None = None
+    tile_output_file: ObjectRef | None = None
+    tile_out: TileOut | None = None
+    # None: no TimeArray element; an empty tuple is a TimeArray with no points.
+    time_points: tuple[float, ...] | None = None
+    format: str = ""
+    sub_out_is_spt_frag: bool | None = None
+    has_sub_out: bool = False
+    black_level: int | None = None
+    pixel_black_threshold: int | None = None
+
+    @property
+    def is_async(self) -> bool:
+        """MPS's rule, extended to TimeArray and TileOut which only exist async."""
+        return (
+            self.interval is not None
+            or self.num is not None
+            or bool(self.time_points)
+            or self.tile_out is not None
+        )
+
+    @property
+    def effective_frame_type(self) -> FrameType:
+        # MPS documents both defaults (contradiction C2); users expect the exact frame.
+        return FrameType(self.frame_type.lower()) if self.frame_type else FrameType.NORMAL
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    input: ObjectRef | None = None
+    config: SnapshotConfig | None = None
+    user_data: str = ""
+    pipeline_id: str = ""
+
+
+@dataclass(frozen=True)
+class SnapshotImage:
+    object: str
+    time_ms: float
+    requested_time_ms: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class SpriteImage:
+    object: str
+    cell_count: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class NotifyResult:
+    message_id: str = ""
+    error_code: str = ""
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    request: SnapshotRequest
+    state: JobState
+    creation_time: datetime
+    request_id: str
+    pipeline_id: str
+    is_async: bool
+    code: str = ""
+    message: str = ""
+    count: int = 0
+    tile_count: int = 0
+    images: tuple[SnapshotImage, ...] = ()
+    sprites: tuple[SpriteImage, ...] = ()
+    images_planned: int = 0
+    sprites_planned: int = 0
+    notify_result: NotifyResult | None = None
+    finish_time: datetime | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    topic: str = ""
+    queue_name: str = ""
+    mq_topic: str = ""
+    mq_tag: str = ""
+    http_url: str = ""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    id: str
+    name: str
+    state: PipelineState
+    speed: str
+    speed_level: int
+    role: str
+    notify_config: NotifyConfig
+    max_concurrent_jobs: int
+    queue_capacity: int
+    creation_time: datetime
+    is_default: bool = False

@@ -1,0 +1,244 @@
+"""Validation of a SubmitSnapshotJob request, before any storage call or ffmpeg run.
+
+Every rule that can be checked without reading the input is checked here, and all the
+violations of one request are reported together so a caller can fix them in one go.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from PIL import ImageColor
+
+from server.domain import keys
+from server.domain.errors import FieldViolation, InvalidParameter
+from server.domain.models import FrameType, ObjectRef, SnapshotConfig, SnapshotRequest
+from server.domain.placeholders import (
+    OUTPUT_FILE_PLACEHOLDERS,
+    TILE_FILE_PLACEHOLDERS,
+    OutputName,
+    parse_output_name,
+)
+
+MAX_TIME_MS = 100 * 365 * 24 * 3600 * 1000  # a century: only guards against overflow
+MAX_INTERVAL_S = 86_400
+MAX_NUM = 100_000
+MAX_TIME_POINTS = 100
+MAX_USER_DATA_BYTES = 1024
+MIN_SIZE, MAX_SIZE = 8, 4096
+MAX_GRID = 10_000
+MAX_SPACING = 4096
+DEFAULT_INTERVAL_S = 10
+DEFAULT_GRID = 10
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    """A request that passed validation, with its keys decoded and defaults resolved."""
+
+    request: SnapshotRequest
+    config: SnapshotConfig
+    input: ObjectRef
+    input_key: str
+    output_file: ObjectRef
+    output_name: OutputName
+    tile_name: OutputName | None
+    frame_type: FrameType
+    background: tuple[int, int, int]
+
+    @property
+    def is_async(self) -> bool:
+        return self.config.is_async
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.violations: list[tuple[FieldViolation, str]] = []
+
+    def add(self, field: str, description: str, code: str = "InvalidParameter") -> None:
+        self.violations.append((FieldViolation(field, description), code))
+
+    def guard(self, fn: object, *args: object) -> object:
+        try:
+            return fn(*args)  # type: ignore[operator]
+        except InvalidParameter as exc:
+            for v in exc.violations:
+                self.add(v.field, v.description, exc.code)
+            return None
+
+    def range(self, field: str, value: float | None, lo: float, hi: float, unit: str = "") -> None:
+        if value is not None and not lo <= value <= hi:
+            self.add(field, f"{value}{unit} is out of range; use {lo}-{hi}{unit}.", "InvalidParameter.OutOfRange")
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            first_code = self.violations[0][1]
+            fields = ", ".join(v.field for v, _ in self.violations)
+            detail = " ".join(f"{v.field}: {v.description}" for v, _ in self.violations)
+            raise InvalidParameter(
+                f"The request has invalid fields ({fields}). {detail}",
+                code=first_code,
+                violations=tuple(v for v, _ in self.violations),
+            )
+
+
+def parse_color(color: str) -> tuple[int, int, int]:
+    """MPS colour forms: keywords in any case, #RRGGBB (and #RGB), 0xRRGGBB."""
+    text = color.strip().lower() or "black"
+    if text == "random":
+        raise ValueError("'random' is not supported; name a colour such as black or #1a2b3c")
+    if text.startswith("0x"):
+        text = "#" + text[2:]
+    if not (text.startswith("#") or text.isalpha()):
+        raise ValueError(f"{color!r} is not a colour; use a keyword such as black or #RRGGBB")
+    try:
+        rgb = ImageColor.getrgb(text)
+    except ValueError:
+        raise ValueError(f"{color!r} is not a colour; use a keyword such as black or #RRGGBB") from None
+    return rgb[0], rgb[1], rgb[2]
+
+
+def _check_ref(c: _Checker, ref: ObjectRef | None, field: str) -> bool:
+    if ref is None:
+        c.add(field, f"{field} is required: give Bucket, Location and Object.", "InvalidParameter.NullValue")
+        return False
+    c.guard(keys.check_bucket, ref.bucket, f"{field}.bucket")
+    c.guard(keys.check_location, ref.location, f"{field}.location")
+    return True
+
+
+def _check_user_data(c: _Checker, user_data: str) -> None:
+    if not user_data:
+        return
+    if len(user_data.encode()) > MAX_USER_DATA_BYTES:
+        c.add("user_data", f"UserData is longer than {MAX_USER_DATA_BYTES} bytes.", "InvalidParameter.OutOfRange")
+    elif not all(ch.isalnum() or ch == "-" for ch in user_data) or not user_data[0].isalnum():
+        c.add(
+            "user_data",
+            "UserData may hold only letters, digits and hyphens, and must start with a letter or digit.",
+        )
+
+
+def may_write_many_images(config: SnapshotConfig) -> bool:
+    if config.time_points is not None and len(config.time_points) > 0:
+        return len(config.time_points) > 1
+    if config.num is not None:
+        return config.num > 1
+    return config.interval is not None or config.tile_out is not None
+
+
+def keeps_cell_pics(config: SnapshotConfig) -> bool:
+    tile = config.tile_out
+    return tile is None or tile.is_keep_cell_pic is None or tile.is_keep_cell_pic
+
+
+def validate(request: SnapshotRequest) -> ValidRequest:
+    c = _Checker()
+    _check_user_data(c, request.user_data)
+    input_key = None
+    if _check_ref(c, request.input, "input"):
+        assert request.input is not None
+        input_key = c.guard(keys.decode_key, request.input.object, "input.object")
+    config = request.config
+    if config is None:
+        c.add("snapshot_config", "SnapshotConfig is required.", "InvalidParameter.NullValue")
+        c.raise_if_any()
+        raise AssertionError("unreachable")
+    output_name: OutputName | None = None
+    tile_name: OutputName | None = None
+    if _check_ref(c, config.output_file, "snapshot_config.output_file"):
+        assert config.output_file is not None
+        output_name = _check_output_name(c, config.output_file, "snapshot_config.output_file.object",
+                                         OUTPUT_FILE_PLACEHOLDERS, input_key)
+    c.range("snapshot_config.time", config.time, 0, MAX_TIME_MS, " ms")
+    c.range("snapshot_config.interval", config.interval, 0, MAX_INTERVAL_S, " s")
+    c.range("snapshot_config.num", config.num, 1, MAX_NUM)
+    c.range("snapshot_config.width", config.width, MIN_SIZE, MAX_SIZE, " px")
+    c.range("snapshot_config.height", config.height, MIN_SIZE, MAX_SIZE, " px")
+    c.range("snapshot_config.black_level", config.black_level, 30, 100)
+    c.range("snapshot_config.pixel_black_threshold", config.pixel_black_threshold, 0, 255)
+    frame_type = FrameType.NORMAL
+    try:
+        frame_type = config.effective_frame_type
+    except ValueError:
+        c.add("snapshot_config.frame_type", f"FrameType {config.frame_type!r} is unknown; use normal or intra.")
+    fmt = config.format.lower()
+    if fmt not in ("", "jpg", "jpeg", "vtt"):
+        c.add("snapshot_config.format", f"Format {config.format!r} is unknown; use jpg (default) or vtt.")
+    elif fmt == "vtt" and not config.is_async:
+        c.add("snapshot_config.format", "Format vtt needs a sequence of snapshots: set Interval, Num, "
+              "TimeArray or TileOut.")
+    if config.time_points is not None:
+        _check_time_points(c, config.time_points)
+    background = (0, 0, 0)
+    if config.tile_out is not None:
+        tile = config.tile_out
+        c.range("snapshot_config.tile_out.lines", tile.lines, 1, MAX_GRID)
+        c.range("snapshot_config.tile_out.columns", tile.columns, 1, MAX_GRID)
+        c.range("snapshot_config.tile_out.cell_width", tile.cell_width, MIN_SIZE, MAX_SIZE, " px")
+        c.range("snapshot_config.tile_out.cell_height", tile.cell_height, MIN_SIZE, MAX_SIZE, " px")
+        c.range("snapshot_config.tile_out.margin", tile.margin, 0, MAX_SPACING, " px")
+        c.range("snapshot_config.tile_out.padding", tile.padding, 0, MAX_SPACING, " px")
+        c.range("snapshot_config.tile_out.cell_sel_step", tile.cell_sel_step, 1, MAX_NUM)
+        try:
+            background = parse_color(tile.color)
+        except ValueError as exc:
+            c.add("snapshot_config.tile_out.color", f"Color {exc}.")
+        if _check_ref(c, config.tile_output_file, "snapshot_config.tile_output_file"):
+            assert config.tile_output_file is not None
+            tile_name = _check_output_name(c, config.tile_output_file, "snapshot_config.tile_output_file.object",
+                                           TILE_FILE_PLACEHOLDERS, input_key)
+    if (output_name is not None and may_write_many_images(config) and keeps_cell_pics(config)
+            and "Count" not in output_name.names):
+        c.add("snapshot_config.output_file.object",
+              "This job writes more than one image, so OutputFile.Object must contain {Count} "
+              "(for example snap-{Count}.jpg).")
+    c.raise_if_any()
+    assert request.input is not None and isinstance(input_key, str)
+    assert config.output_file is not None and output_name is not None
+    return ValidRequest(
+        request=request,
+        config=config,
+        input=request.input,
+        input_key=input_key,
+        output_file=config.output_file,
+        output_name=output_name,
+        tile_name=tile_name,
+        frame_type=frame_type,
+        background=background,
+    )
+
+
+def _check_output_name(
+    c: _Checker, ref: ObjectRef, field: str, allowed: frozenset[str], input_key: object
+) -> OutputName | None:
+    try:
+        decoded = keys.decode_key(ref.object, field) if ref.object else ""
+    except InvalidParameter as exc:
+        for v in exc.violations:
+            c.add(v.field, v.description, exc.code)
+        return None
+    if not decoded:
+        c.add(field, "Object is required.", "InvalidParameter.ObjectKeyInvalid")
+        return None
+    name = c.guard(parse_output_name, decoded, field, allowed)
+    if not isinstance(name, OutputName):
+        return None
+    if isinstance(input_key, str):
+        c.guard(keys.check_key, name.render(input_key=input_key), field)
+    return name
+
+
+def _check_time_points(c: _Checker, points: tuple[float, ...]) -> None:
+    field = "snapshot_config.time_array.time_point_list"
+    if len(points) > MAX_TIME_POINTS:
+        c.add(field, f"TimePointList has {len(points)} points; at most {MAX_TIME_POINTS} are allowed.",
+              "InvalidParameter.TimeArray")
+        return
+    for i, p in enumerate(points):
+        if not math.isfinite(p) or not 0 <= p <= MAX_TIME_MS:
+            c.add(f"{field}[{i}]", f"{p} is not a time in milliseconds of 0 or more.", "InvalidParameter.TimeArray")
+        elif abs(round(p * 100) - p * 100) > 1e-6:
+            c.add(f"{field}[{i}]", f"{p} has more than two decimals; round it to 0.01 ms.",
+                  "InvalidParameter.TimeArray")

@@ -1,0 +1,244 @@
+"""Job use cases: submit (sync snapshots run here; async jobs go to the scheduler),
+query and cancel. Transport-free: the gRPC layer only converts and maps errors."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+
+from server.domain import validation
+from server.domain.errors import (
+    InternalError,
+    InvalidParameter,
+    InvalidState,
+    MpsError,
+    ResourceContentBad,
+    ResourceNotFound,
+    SnapshotTimeOut,
+)
+from server.domain.models import FrameType, Job, JobState, SnapshotImage, SnapshotRequest
+from server.events import JobEvents
+from server.ids import new_id
+from server.media.engine import MediaEngine
+from server.pipelines import PipelineRegistry
+from server.storage.base import ObjectInfo, ObjectStore
+from server.storage.router import StorageRouter
+from server.store.sqlite import JobFilter, SqliteStore
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_IDS = 10
+DEFAULT_PAGE_SIZE = 30
+MAX_PAGE_SIZE = 300
+# Time kept back from the caller's deadline to record the failure and answer.
+_DEADLINE_MARGIN_S = 0.15
+
+AsyncSubmit = Callable[[Job, validation.ValidRequest], Awaitable[Job]]
+AsyncCancel = Callable[[Job], Awaitable[Job]]
+_PROGRESS_RANK = {JobState.SUBMITTED: 0, JobState.SNAPSHOTING: 1}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def media_time_ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+class JobService:
+    def __init__(
+        self, *, store: SqliteStore, router: StorageRouter, engine: MediaEngine, pipelines: PipelineRegistry,
+        sync_timeout_s: float,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.engine = engine
+        self.pipelines = pipelines
+        self.sync_timeout_s = sync_timeout_s
+        self.events = JobEvents()
+        #: Set by the scheduler: commits and queues an async job.
+        self.submit_async: AsyncSubmit | None = None
+        #: Set by the scheduler: cancels an unfinished async job.
+        self.cancel_async: AsyncCancel | None = None
+
+    async def save(self, job: Job, kind: str = "state") -> Job:
+        """Commit a job change, then tell its watchers."""
+        await self.store.put_job(job)
+        self.events.publish(kind, job)
+        return job
+
+    async def submit(self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None) -> Job:
+        valid = validation.validate(request)
+        pipeline = self.pipelines.resolve(request.pipeline_id)
+        in_store = self.router.for_location(valid.input.location, "input.location")
+        self.router.for_location(valid.output_file.location, "snapshot_config.output_file.location")
+        if valid.config.tile_output_file is not None and valid.config.tile_out is not None:
+            self.router.for_location(valid.config.tile_output_file.location,
+                                     "snapshot_config.tile_output_file.location")
+        head = await in_store.head(valid.input.bucket, valid.input_key)
+        job = Job(
+            id=new_id(),
+            request=dataclasses.replace(request, pipeline_id=pipeline.id),
+            state=JobState.SUBMITTED if valid.is_async else JobState.SNAPSHOTING,
+            creation_time=now(),
+            request_id=request_id,
+            pipeline_id=pipeline.id,
+            is_async=valid.is_async,
+        )
+        if valid.is_async:
+            if self.submit_async is None:
+                raise InvalidParameter("Asynchronous jobs are not enabled on this server.",
+                                       code="InvalidParameter.NotSupported")
+            return await self.submit_async(job, valid)
+        return await self._run_sync(job, valid, in_store, head, time_remaining)
+
+    async def _run_sync(
+        self, job: Job, valid: validation.ValidRequest, in_store: ObjectStore, head: ObjectInfo,
+        time_remaining: float | None,
+    ) -> Job:
+        limit = self.sync_timeout_s
+        if time_remaining is not None:
+            limit = min(limit, time_remaining - _DEADLINE_MARGIN_S)
+        job = dataclasses.replace(job, attempts=1)
+        error: MpsError | None = None
+        written: list[tuple[ObjectStore, str, str]] = []
+        try:
+            async with asyncio.timeout(max(limit, 0.0)):
+                job = await self._take_one(job, valid, in_store, head, written, limit)
+        except TimeoutError:
+            error = SnapshotTimeOut(
+                f"The snapshot took longer than {limit:.1f} s and was stopped; submit it as an "
+                "asynchronous job (set Num to 1) for slow inputs."
+            )
+        except MpsError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            # The caller went away: record the outcome anyway, then let the cancel go on.
+            await asyncio.shield(self._fail(job, SnapshotTimeOut("The caller cancelled the call or its deadline "
+                                                                 "passed before the snapshot was written."),
+                                            written))
+            raise
+        except Exception:
+            log.exception("sync snapshot %s failed", job.id)
+            error = InternalError("An internal error stopped the snapshot; quote the request id when reporting it.")
+        if error is not None:
+            await asyncio.shield(self._fail(job, error, written))
+            raise error
+        await asyncio.shield(self.save(job))
+        return job
+
+    async def _fail(self, job: Job, error: MpsError, written: list[tuple[ObjectStore, str, str]]) -> None:
+        for store, bucket, key in written:
+            try:
+                await store.delete(bucket, key)
+            except Exception:
+                log.exception("could not remove %s/%s of failed job %s", bucket, key, job.id)
+        failed = dataclasses.replace(job, state=JobState.FAIL, code=error.code, message=error.message,
+                                     count=0, images=(), finish_time=now())
+        await self.save(failed)
+
+    async def _take_one(
+        self, job: Job, valid: validation.ValidRequest, in_store: ObjectStore, head: ObjectInfo,
+        written: list[tuple[ObjectStore, str, str]], limit: float,
+    ) -> Job:
+        config = valid.config
+        handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
+        info = await self.engine.probe(handle, (id(in_store), valid.input.bucket, valid.input_key, head.version),
+                                       limit)
+        time_ms = config.time or 0
+        if valid.frame_type is FrameType.NORMAL and time_ms / 1000 >= info.duration_s:
+            raise ResourceContentBad(
+                f"Time {time_ms} ms is past the end of the video, which is {round(info.duration_s * 1000)} ms "
+                "long; use a Time below the duration, or FrameType intra to get the last keyframe."
+            )
+        out = valid.output_file
+        out_store = self.router.for_location(out.location, "snapshot_config.output_file.location")
+        key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
+        async with self.engine.workdir(job.id) as workdir:
+            frame = await self.engine.snapshot(
+                handle, info, time_s=time_ms / 1000, frame_type=valid.frame_type, width=config.width,
+                height=config.height, workdir=workdir, wall_seconds=limit,
+            )
+            written.append((out_store, out.bucket, key))
+            await out_store.put_file(out.bucket, key, frame.path, "image/jpeg")
+        image = SnapshotImage(object=key, time_ms=media_time_ms(frame.time_s), requested_time_ms=float(time_ms),
+                              width=frame.width, height=frame.height)
+        return dataclasses.replace(job, state=JobState.SUCCESS, count=1, images=(image,), images_planned=1,
+                                   finish_time=now())
+
+    async def query(
+        self, ids: list[str], *, flt: JobFilter, page_size: int | None, token: str
+    ) -> tuple[list[Job], list[str], str]:
+        if ids:
+            if len(ids) > MAX_QUERY_IDS:
+                raise InvalidParameter.field("snapshot_job_ids", f"Give at most {MAX_QUERY_IDS} job ids per call.")
+            found = await self.store.get_jobs(ids)
+            return [found[i] for i in ids if i in found], [i for i in ids if i not in found], ""
+        size = DEFAULT_PAGE_SIZE if page_size is None else page_size
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidParameter.field("maximum_page_size", f"MaximumPageSize must be 1-{MAX_PAGE_SIZE}.",
+                                         code="InvalidParameter.OutOfRange")
+        if flt.state and flt.state not in {s.value for s in JobState}:
+            raise InvalidParameter.field(
+                "state", f"State {flt.state!r} is unknown; use " + ", ".join(s.value for s in JobState) + ".")
+        jobs, next_token = await self.store.list_jobs(flt, size, token)
+        return jobs, [], next_token
+
+    async def get(self, job_id: str) -> Job:
+        job = await self.store.get_job(job_id) if job_id else None
+        if job is None:
+            raise ResourceNotFound(f"Snapshot job {job_id!r} does not exist; check the id returned by "
+                                   "SubmitSnapshotJob.")
+        return job
+
+    async def watch(self, job_id: str) -> AsyncIterator[tuple[str, Job]]:
+        """The job as it stands, then each change, ending after the final state."""
+        queue = self.events.subscribe(job_id)
+        try:
+            job = await self.get(job_id)
+            yield "initial", job
+            last = job
+            while not last.state.finished:
+                item = await queue.get()
+                if item is None:
+                    last = await self.get(job_id)
+                    yield "state", last
+                    if not last.state.finished:
+                        queue = self._resubscribe(job_id, queue)
+                    continue
+                kind, job = item
+                if _older(job, last):
+                    continue
+                last = job
+                yield kind, job
+        finally:
+            self.events.unsubscribe(job_id, queue)
+
+    def _resubscribe(self, job_id: str, old: asyncio.Queue[tuple[str, Job] | None]
+                     ) -> asyncio.Queue[tuple[str, Job] | None]:
+        self.events.unsubscribe(job_id, old)
+        return self.events.subscribe(job_id)
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job.state.finished:
+            raise InvalidState(f"Snapshot job {job_id} has already ended in state {job.state.value}; "
+                               "only Submitted or Snapshoting jobs can be cancelled.")
+        if self.cancel_async is None:
+            raise InvalidState(f"Snapshot job {job_id} cannot be cancelled on this server.")
+        return await self.cancel_async(job)
+
+
+def _older(job: Job, last: Job) -> bool:
+    """True for an event that predates what the watcher has already seen."""
+    if last.state.finished:
+        return True
+    if job.state.finished:
+        return False
+    rank = _PROGRESS_RANK.get(job.state, 2), len(job.images), len(job.sprites)
+    seen = _PROGRESS_RANK.get(last.state, 2), len(last.images), len(last.sprites)
+    return rank < seen

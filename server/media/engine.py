@@ -1,0 +1,90 @@
+"""The one place that starts ffmpeg/ffprobe: it caps how many run at once across the
+whole server, caches probes per object version, and gives each run a private folder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Hashable
+from pathlib import Path
+
+from server.domain.models import FrameType
+from server.media import probe as probe_mod
+from server.media import process
+from server.media.snapshot import Frame, Source, capture_exact, capture_keyframe
+from server.storage.base import InputHandle
+
+
+class MediaEngine:
+    def __init__(
+        self, *, ffmpeg: str, ffprobe: str, tmp_dir: Path, max_processes: int, cpu_seconds: int,
+        memory_bytes: int, max_image_bytes: int, probe_cache_entries: int,
+    ) -> None:
+        self.ffmpeg = ffmpeg
+        self.ffprobe = ffprobe
+        self.tmp_dir = tmp_dir
+        self.max_processes = max_processes
+        self._slots = asyncio.Semaphore(max_processes)
+        self._cpu = cpu_seconds
+        self._memory = memory_bytes
+        self._max_image_bytes = max_image_bytes
+        self._probes: OrderedDict[Hashable, probe_mod.MediaInfo] = OrderedDict()
+        self._probe_cap = probe_cache_entries
+        self.running = 0
+        self.peak_running = 0
+
+    def sweep(self) -> None:
+        """Remove work folders a crashed server left behind."""
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.chmod(0o700)
+
+    @contextlib.asynccontextmanager
+    async def workdir(self, label: str) -> AsyncIterator[Path]:
+        path = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=self.tmp_dir))
+        try:
+            yield path
+        finally:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+
+    def limits(self, wall_seconds: float) -> process.Limits:
+        return process.Limits(wall_seconds=max(0.1, wall_seconds), cpu_seconds=self._cpu,
+                              address_space_bytes=self._memory)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        async with self._slots:
+            self.running += 1
+            self.peak_running = max(self.peak_running, self.running)
+            try:
+                yield
+            finally:
+                self.running -= 1
+
+    async def probe(self, handle: InputHandle, cache_key: Hashable, wall_seconds: float) -> probe_mod.MediaInfo:
+        cached = self._probes.get(cache_key)
+        if cached is not None:
+            self._probes.move_to_end(cache_key)
+            return cached
+        async with self._slot():
+            info = await probe_mod.probe(self.ffprobe, handle.url, handle.protocols, self.limits(wall_seconds))
+        self._probes[cache_key] = info
+        while len(self._probes) > self._probe_cap:
+            self._probes.popitem(last=False)
+        return info
+
+    async def snapshot(
+        self, handle: InputHandle, info: probe_mod.MediaInfo, *, time_s: float, frame_type: FrameType,
+        width: int | None, height: int | None, workdir: Path, wall_seconds: float,
+    ) -> Frame:
+        src = Source(handle.url, handle.protocols)
+        limits = self.limits(wall_seconds)
+        async with self._slot():
+            if frame_type is FrameType.INTRA:
+                return await capture_keyframe(self.ffmpeg, src, info, time_s=time_s, width=width, height=height,
+                                              workdir=workdir, limits=limits, max_bytes=self._max_image_bytes)
+            return await capture_exact(self.ffmpeg, src, info, time_s=time_s, width=width, height=height,
+                                       workdir=workdir, limits=limits, max_bytes=self._max_image_bytes)

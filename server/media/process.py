@@ -1,0 +1,120 @@
+"""Running ffmpeg and ffprobe as contained subprocesses.
+
+Each run gets no shell, no stdin, a minimal environment (no credentials, no proxy
+variables), its own process group, resource limits and a wall-clock limit; on timeout
+or cancellation the whole group is killed and reaped, so no decoder outlives its job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_STDERR_KEEP = 64 * 1024
+_STDOUT_MAX = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-process bounds. Memory is address space (RLIMIT_AS), CPU is seconds (RLIMIT_CPU)."""
+
+    wall_seconds: float
+    cpu_seconds: int = 600
+    address_space_bytes: int = 4 * 1024**3
+    file_size_bytes: int = 512 * 1024**2
+    open_files: int = 256
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: bytes
+    stderr: str
+
+
+class ProcessTimeout(Exception):
+    """The process ran past its wall-clock limit and was killed."""
+
+
+def _wrapper(limits: Limits) -> list[str]:
+    # prlimit and setpriv come with util-linux on every Debian system. setpriv's
+    # pdeathsig kills ffmpeg if the server dies without a chance to clean up (SIGKILL).
+    argv: list[str] = []
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        argv += [setpriv, "--pdeathsig", "KILL", "--"]
+    prlimit = shutil.which("prlimit")
+    if prlimit:
+        argv += [
+            prlimit,
+            f"--as={limits.address_space_bytes}",
+            f"--cpu={limits.cpu_seconds}",
+            f"--fsize={limits.file_size_bytes}",
+            f"--nofile={limits.open_files}",
+            "--core=0",
+            "--",
+        ]
+    return argv
+
+
+def minimal_env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+
+
+async def _read_capped(stream: asyncio.StreamReader, cap: int, keep_tail: bool) -> bytes:
+    """Read a stream to its end, keeping at most ``cap`` bytes (head, or head+tail)."""
+    head = bytearray()
+    tail = bytearray()
+    while chunk := await stream.read(65536):
+        if len(head) < cap:
+            take = cap - len(head)
+            head += chunk[:take]
+            chunk = chunk[take:]
+        if chunk and keep_tail:
+            tail += chunk
+            del tail[:-cap]
+    return bytes(head + (b"\n...\n" + tail if tail else b""))
+
+
+async def run(argv: Sequence[str], *, limits: Limits, cwd: str | None = None) -> Result:
+    """Run ``argv`` to completion within ``limits``; kill its process group otherwise."""
+    proc = await asyncio.create_subprocess_exec(
+        *_wrapper(limits),
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env=minimal_env(),
+        start_new_session=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = asyncio.gather(
+        _read_capped(proc.stdout, _STDOUT_MAX, keep_tail=False),
+        _read_capped(proc.stderr, _STDERR_KEEP, keep_tail=True),
+    )
+    try:
+        async with asyncio.timeout(limits.wall_seconds):
+            out, err = await readers
+            code = await proc.wait()
+    except TimeoutError:
+        await _kill_group(proc)
+        raise ProcessTimeout(f"killed after {limits.wall_seconds:g} s") from None
+    except BaseException:
+        await _kill_group(proc)
+        raise
+    return Result(code, out, err.decode(errors="replace"))
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    # Reap it even if we are being cancelled, or it lingers as a zombie.
+    await asyncio.shield(proc.wait())

@@ -1,0 +1,77 @@
+"""The one table from MPS error codes to gRPC status codes, and the rich error status.
+
+Entries ending in ".*" match every code with that prefix; exact entries win over
+prefixes, longer prefixes over shorter. docs/errors.md is checked against this table
+by a test.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from server.domain.errors import MpsError
+
+ERROR_DOMAIN = "mps-snapshot"
+
+#: (MPS code or prefix pattern, gRPC status, when it happens)
+ERROR_TABLE: tuple[tuple[str, grpc.StatusCode, str], ...] = (
+    ("InvalidParameter.*", grpc.StatusCode.INVALID_ARGUMENT,
+     "A request field is invalid; BadRequest names the fields and what to fix."),
+    ("InvalidParameter.ResourceNotFound", grpc.StatusCode.NOT_FOUND,
+     "The input object, its bucket, a pipeline or a job does not exist."),
+    ("InvalidParameter.ResourceContentBad", grpc.StatusCode.INVALID_ARGUMENT,
+     "The input is not a usable video, or the time is past its end (sync jobs; async jobs end Fail)."),
+    ("MissingParameter.*", grpc.StatusCode.INVALID_ARGUMENT, "A required field is missing."),
+    ("SnapshotTimeOut", grpc.StatusCode.DEADLINE_EXCEEDED,
+     "A synchronous snapshot did not finish within the server limit or the caller's deadline."),
+    ("IncorrectJobState", grpc.StatusCode.FAILED_PRECONDITION,
+     "The job is in a state that does not allow the call (e.g. cancelling a finished job)."),
+    ("IncorrectPipelineState", grpc.StatusCode.FAILED_PRECONDITION,
+     "The pipeline cannot be deleted: it is the default one or still has unfinished jobs."),
+    ("Throttling.*", grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "A rate limit or a queue capacity was reached; RetryInfo says when to retry."),
+    ("PermissionDenied.*", grpc.StatusCode.PERMISSION_DENIED, "Storage refused access to a bucket or object."),
+    ("Forbidden.*", grpc.StatusCode.PERMISSION_DENIED, "The caller's policy does not allow the action."),
+    ("InvalidAccessKeyId.*", grpc.StatusCode.UNAUTHENTICATED, "The access key is unknown."),
+    ("SignatureDoesNotMatch", grpc.StatusCode.UNAUTHENTICATED, "The request signature is wrong."),
+    ("InvalidTimeStamp.*", grpc.StatusCode.UNAUTHENTICATED, "The request timestamp is too far off."),
+    ("SignatureNonceUsed", grpc.StatusCode.UNAUTHENTICATED, "The request nonce was used before."),
+    ("ServiceUnavailable", grpc.StatusCode.UNAVAILABLE, "The server is shutting down; retry on another instance."),
+    ("TransientNetWorkError", grpc.StatusCode.UNAVAILABLE, "Storage could not be reached; retry."),
+    ("InternalError", grpc.StatusCode.INTERNAL, "An unexpected error; the message carries only the request id."),
+)
+
+
+def status_for(code: str) -> grpc.StatusCode:
+    best: tuple[int, grpc.StatusCode] | None = None
+    for pattern, status, _ in ERROR_TABLE:
+        if pattern == code:
+            return status
+        if pattern.endswith(".*"):
+            prefix = pattern[:-2]
+            if (code == prefix or code.startswith(prefix + ".")) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), status)
+    return best[1] if best else grpc.StatusCode.INTERNAL
+
+
+def rich_status(error: MpsError, request_id: str) -> tuple[grpc.StatusCode, str, bytes]:
+    """The status code, message and serialized google.rpc.Status for ``error``."""
+    code = status_for(error.code)
+    message = f"{error.message} (RequestId: {request_id})"
+    status = status_pb2.Status(code=code.value[0], message=message)
+    info = error_details_pb2.ErrorInfo(reason=error.code, domain=ERROR_DOMAIN, metadata={"requestId": request_id})
+    status.details.add().Pack(info)
+    if error.violations:
+        bad = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations
+        ])
+        status.details.add().Pack(bad)
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    assert code_pb2.Code.Name(code.value[0])  # the two enums agree
+    return code, message, status.SerializeToString()

@@ -1,0 +1,89 @@
+"""The embedded storage: each bucket is a folder under the data root."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from pathlib import Path
+
+from server.domain.errors import InvalidParameter, ResourceNotFound
+from server.domain.keys import key_problem
+from server.storage.base import InputHandle, ObjectInfo
+
+
+class LocalStore:
+    """Buckets as folders: ``ROOT/example-bucket/example/test.flv`` is bucket
+    ``example-bucket``, key ``example/test.flv``. Output buckets are created on first
+    write so MPS examples work unchanged; input buckets must exist."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, bucket: str, key: str) -> Path:
+        # Keys were validated already; this re-check is the last line of defence against
+        # anything that would escape the bucket folder.
+        problem = key_problem(key)
+        if problem or "/" in bucket or bucket in ("", ".", ".."):
+            raise InvalidParameter(f"Object key {key!r} is invalid: {problem or 'bad bucket'}.",
+                                   code="InvalidParameter.ObjectKeyInvalid")
+        bucket_dir = self.root / bucket
+        path = bucket_dir / key
+        real = Path(os.path.realpath(path))
+        if not real.is_relative_to(Path(os.path.realpath(bucket_dir))):
+            raise InvalidParameter(f"Object key {key!r} leaves its bucket.", code="InvalidParameter.ObjectKeyInvalid")
+        return path
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        path = self.path(bucket, key)
+        try:
+            st = await asyncio.to_thread(path.stat)
+        except (FileNotFoundError, NotADirectoryError):
+            if not (self.root / bucket).is_dir():
+                raise ResourceNotFound(f"Bucket {bucket!r} does not exist.") from None
+            raise ResourceNotFound(f"Object {key!r} does not exist in bucket {bucket!r}; upload it first.") from None
+        if not path.is_file():
+            raise ResourceNotFound(f"Object {key!r} in bucket {bucket!r} is not a file.")
+        return ObjectInfo(size=st.st_size, version=f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}")
+
+    async def input_handle(self, bucket: str, key: str) -> InputHandle:
+        return InputHandle(url="file:" + str(self.path(bucket, key).resolve()), protocols=("file",))
+
+    async def put_file(self, bucket: str, key: str, path: Path, content_type: str) -> None:
+        await asyncio.to_thread(self._put, self.path(bucket, key), path)
+
+    @staticmethod
+    def _put(dest: Path, src: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        try:
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(1 << 20):
+                    fout.write(chunk)
+                fout.flush()
+                os.fsync(fout.fileno())
+            # rename is atomic: readers see the old object or the whole new one.
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    async def delete(self, bucket: str, key: str) -> None:
+        path = self.path(bucket, key)
+        await asyncio.to_thread(path.unlink, True)
+
+    async def close(self) -> None:
+        return None
+
+    async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        """Used by the CLI's ``put`` to upload a file into the embedded store."""
+        dest = self.path(bucket, key)
+        tmp_src = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.src"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tmp_src.write_bytes(data)
+            await asyncio.to_thread(self._put, dest, tmp_src)
+        finally:
+            tmp_src.unlink(missing_ok=True)

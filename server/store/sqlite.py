@@ -1,0 +1,175 @@
+"""Jobs and pipelines in an SQLite file (WAL, synchronous=FULL: a committed job
+survives a crash of the process or the machine)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from server.domain.errors import InvalidParameter
+from server.domain.models import Job, JobState, Pipeline
+from server.store import codec
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    pipeline_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_us DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_us DESC);
+CREATE INDEX IF NOT EXISTS jobs_by_pipeline ON jobs (pipeline_id, created_us DESC);
+CREATE TABLE IF NOT EXISTS pipelines (
+    id TEXT PRIMARY KEY,
+    created_us INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+"""
+
+
+def _us(ts: datetime) -> int:
+    return int(ts.timestamp() * 1_000_000)
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    state: str = ""
+    pipeline_id: str = ""
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+
+class SqliteStore:
+    """One connection used from worker threads, one statement at a time.
+
+    sqlite3 calls block, so each runs in a thread; a lock serialises them because the
+    connection is shared.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(_SCHEMA)
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return fn(self._conn)
+
+        return await asyncio.to_thread(locked)
+
+    async def ping(self) -> bool:
+        try:
+            await self._call(lambda c: c.execute("SELECT 1").fetchone())
+        except sqlite3.Error:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._call(lambda c: c.close())
+
+    # Jobs
+
+    async def put_job(self, job: Job) -> None:
+        """Insert or replace a job; returns once the write is durable."""
+        row = (job.id, job.pipeline_id, job.state.value, _us(job.creation_time), codec.dumps(job))
+        await self._call(lambda c: c.execute(
+            "INSERT INTO jobs (id, pipeline_id, state, created_us, doc) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, doc=excluded.doc", row))
+
+    async def get_jobs(self, ids: list[str]) -> dict[str, Job]:
+        marks = ",".join("?" * len(ids))
+        rows = await self._call(lambda c: c.execute(f"SELECT doc FROM jobs WHERE id IN ({marks})", ids).fetchall())
+        jobs = [codec.loads(Job, r[0]) for r in rows]
+        return {j.id: j for j in jobs}
+
+    async def get_job(self, job_id: str) -> Job | None:
+        return (await self.get_jobs([job_id])).get(job_id)
+
+    async def list_jobs(self, flt: JobFilter, page_size: int, token: str) -> tuple[list[Job], str]:
+        """A page of jobs, newest first, and the token of the next page ('' at the end)."""
+        where, args = ["1=1"], []
+        if flt.state:
+            where.append("state = ?")
+            args.append(flt.state)
+        if flt.pipeline_id:
+            where.append("pipeline_id = ?")
+            args.append(flt.pipeline_id)
+        if flt.created_from:
+            where.append("created_us >= ?")
+            args.append(_us(flt.created_from))
+        if flt.created_to:
+            where.append("created_us <= ?")
+            args.append(_us(flt.created_to))
+        if token:
+            created, last_id = _decode_token(token)
+            where.append("(created_us < ? OR (created_us = ? AND id < ?))")
+            args += [created, created, last_id]
+        sql = (f"SELECT id, created_us, doc FROM jobs WHERE {' AND '.join(where)} "
+               "ORDER BY created_us DESC, id DESC LIMIT ?")
+        rows = await self._call(lambda c: c.execute(sql, [*args, page_size + 1]).fetchall())
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        jobs = [codec.loads(Job, r[2]) for r in rows]
+        next_token = _encode_token(rows[-1][1], rows[-1][0]) if more and rows else ""
+        return jobs, next_token
+
+    async def jobs_in_states(self, states: tuple[JobState, ...]) -> list[Job]:
+        marks = ",".join("?" * len(states))
+        rows = await self._call(lambda c: c.execute(
+            f"SELECT doc FROM jobs WHERE state IN ({marks}) ORDER BY created_us, id",
+            [s.value for s in states]).fetchall())
+        return [codec.loads(Job, r[0]) for r in rows]
+
+    async def count_unfinished(self, pipeline_id: str) -> int:
+        row = await self._call(lambda c: c.execute(
+            "SELECT COUNT(*) FROM jobs WHERE pipeline_id = ? AND state IN (?, ?)",
+            (pipeline_id, JobState.SUBMITTED.value, JobState.SNAPSHOTING.value)).fetchone())
+        return int(row[0])
+
+    # Pipelines
+
+    async def put_pipeline(self, pipeline: Pipeline) -> None:
+        row = (pipeline.id, _us(pipeline.creation_time), codec.dumps(pipeline))
+        await self._call(lambda c: c.execute(
+            "INSERT INTO pipelines (id, created_us, doc) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET doc=excluded.doc", row))
+
+    async def delete_pipeline(self, pipeline_id: str) -> None:
+        await self._call(lambda c: c.execute("DELETE FROM pipelines WHERE id = ?", (pipeline_id,)))
+
+    async def list_pipelines(self) -> list[Pipeline]:
+        rows = await self._call(lambda c: c.execute("SELECT doc FROM pipelines ORDER BY created_us, id").fetchall())
+        return [codec.loads(Pipeline, r[0]) for r in rows]
+
+
+def _encode_token(created_us: int, job_id: str) -> str:
+    raw = json.dumps([created_us, job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created, job_id = json.loads(raw)
+        return int(created), str(job_id)
+    except (ValueError, TypeError):
+        raise InvalidParameter.field(
+            "next_page_token", "NextPageToken is not one this server returned; start again without it."
+        ) from None
