@@ -36,8 +36,9 @@ class SnapshotClient:
     Every method raises a subclass of client.errors.MpsApiError on failure.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, channel: aio.Channel | None = None,
-                 timeout: float | None = 30.0) -> None:
+    def __init__(
+        self, target: str = DEFAULT_TARGET, *, channel: aio.Channel | None = None, timeout: float | None = 30.0
+    ) -> None:
         self._own_channel = channel is None
         self.channel = channel or aio.insecure_channel(target)
         self.timeout = timeout
@@ -57,32 +58,54 @@ class SnapshotClient:
 
     # Snapshot jobs
 
-    async def submit(self, request: sps.SubmitSnapshotJobRequest | Mapping[str, Any] | str,
-                     *, timeout: float | None = None) -> sps.SubmitSnapshotJobResponse:
+    async def submit(
+        self, request: sps.SubmitSnapshotJobRequest | Mapping[str, Any] | str, *, timeout: float | None = None
+    ) -> sps.SubmitSnapshotJobResponse:
         """Submit a request message, or MPS JSON exactly as MPS takes it."""
         if not isinstance(request, sps.SubmitSnapshotJobRequest):
             request = mps_json.submit_request(request)
         return await _call(self.snapshots.SubmitSnapshotJob(request, timeout=timeout or self.timeout))
 
-    async def snapshot(self, *, bucket: str, object: str, output_bucket: str, output_object: str,
-                       time_ms: int = 0, location: str = "", width: int | None = None,
-                       height: int | None = None, frame_type: str = "") -> res.SnapshotJob:
+    async def snapshot(
+        self,
+        *,
+        bucket: str,
+        object: str,
+        output_bucket: str,
+        output_object: str,
+        time_ms: int = 0,
+        location: str = "",
+        width: int | None = None,
+        height: int | None = None,
+        frame_type: str = "",
+    ) -> res.SnapshotJob:
         """One synchronous snapshot; returns the finished job."""
         config = res.SnapshotConfig(
             output_file=res.OSSFile(bucket=output_bucket, location=location, object=output_object),
-            time=time_ms, frame_type=frame_type)
+            time=time_ms,
+            frame_type=frame_type,
+        )
         if width is not None:
             config.width = width
         if height is not None:
             config.height = height
         request = sps.SubmitSnapshotJobRequest(
-            input=res.OSSFile(bucket=bucket, location=location, object=object), snapshot_config=config)
+            input=res.OSSFile(bucket=bucket, location=location, object=object), snapshot_config=config
+        )
         return (await self.submit(request)).snapshot_job
 
-    async def query(self, ids: list[str] | None = None, *, state: str = "", pipeline_id: str = "",
-                    page_size: int | None = None, page_token: str = "") -> sps.QuerySnapshotJobListResponse:
-        request = sps.QuerySnapshotJobListRequest(snapshot_job_ids=ids or [], state=state,
-                                                  pipeline_id=pipeline_id, next_page_token=page_token)
+    async def query(
+        self,
+        ids: list[str] | None = None,
+        *,
+        state: str = "",
+        pipeline_id: str = "",
+        page_size: int | None = None,
+        page_token: str = "",
+    ) -> sps.QuerySnapshotJobListResponse:
+        request = sps.QuerySnapshotJobListRequest(
+            snapshot_job_ids=ids or [], state=state, pipeline_id=pipeline_id, next_page_token=page_token
+        )
         if page_size is not None:
             request.maximum_page_size = page_size
         return await _call(self.snapshots.QuerySnapshotJobList(request, timeout=self.timeout))
@@ -90,12 +113,15 @@ class SnapshotClient:
     async def get(self, job_id: str) -> res.SnapshotJob:
         response = await self.query([job_id])
         if not response.snapshot_job_list:
-            raise ResourceNotFoundError("InvalidParameter.ResourceNotFound", f"job {job_id} does not exist",
-                                        grpc.StatusCode.NOT_FOUND)
-        return response.snapshot_job_list[0]
+            raise ResourceNotFoundError(
+                "InvalidParameter.ResourceNotFound", f"job {job_id} does not exist", grpc.StatusCode.NOT_FOUND
+            )
+        job: res.SnapshotJob = response.snapshot_job_list[0]
+        return job
 
-    async def iter_jobs(self, *, state: str = "", pipeline_id: str = "", page_size: int = 100
-                        ) -> AsyncIterator[res.SnapshotJob]:
+    async def iter_jobs(
+        self, *, state: str = "", pipeline_id: str = "", page_size: int = 100
+    ) -> AsyncIterator[res.SnapshotJob]:
         """Every job matching the filters, newest first, page by page."""
         token = ""
         while True:
@@ -115,8 +141,13 @@ class SnapshotClient:
         except aio.AioRpcError as err:
             raise from_rpc_error(err) from None
 
-    async def wait(self, job_id: str, *, timeout: float | None = None,
-                   on_event: Callable[[sps.SnapshotJobEvent], None] | None = None) -> res.SnapshotJob:
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_event: Callable[[sps.SnapshotJobEvent], None] | None = None,
+    ) -> res.SnapshotJob:
         """Follow the job until it ends and return its final state."""
         last: res.SnapshotJob | None = None
         async for event in self.watch(job_id, timeout=timeout):
@@ -127,15 +158,17 @@ class SnapshotClient:
         return last
 
     async def cancel(self, job_id: str) -> res.SnapshotJob:
-        response = await _call(self.snapshots.CancelSnapshotJob(
-            sps.CancelSnapshotJobRequest(snapshot_job_id=job_id), timeout=self.timeout))
+        response = await _call(
+            self.snapshots.CancelSnapshotJob(sps.CancelSnapshotJobRequest(snapshot_job_id=job_id), timeout=self.timeout)
+        )
         return response.snapshot_job
 
     # Pipelines
 
     async def add_pipeline(self, name: str, **fields: Any) -> res.Pipeline:
-        response = await _call(self.pipelines.AddPipeline(pps.AddPipelineRequest(name=name, **fields),
-                                                          timeout=self.timeout))
+        response: pps.AddPipelineResponse = await _call(
+            self.pipelines.AddPipeline(pps.AddPipelineRequest(name=name, **fields), timeout=self.timeout)
+        )
         return response.pipeline
 
     async def update_pipeline(self, pipeline_id: str, *, name: str, state: str, **fields: Any) -> res.Pipeline:
@@ -143,21 +176,24 @@ class SnapshotClient:
         return (await _call(self.pipelines.UpdatePipeline(request, timeout=self.timeout))).pipeline
 
     async def query_pipelines(self, ids: list[str]) -> pps.QueryPipelineListResponse:
-        return await _call(self.pipelines.QueryPipelineList(pps.QueryPipelineListRequest(pipeline_ids=ids),
-                                                            timeout=self.timeout))
+        return await _call(
+            self.pipelines.QueryPipelineList(pps.QueryPipelineListRequest(pipeline_ids=ids), timeout=self.timeout)
+        )
 
-    async def search_pipelines(self, state: str = "All", page_number: int = 1, page_size: int = 10
-                               ) -> pps.SearchPipelineResponse:
+    async def search_pipelines(
+        self, state: str = "All", page_number: int = 1, page_size: int = 10
+    ) -> pps.SearchPipelineResponse:
         request = pps.SearchPipelineRequest(state=state, page_number=page_number, page_size=page_size)
         return await _call(self.pipelines.SearchPipeline(request, timeout=self.timeout))
 
     async def delete_pipeline(self, pipeline_id: str) -> None:
-        await _call(self.pipelines.DeletePipeline(pps.DeletePipelineRequest(pipeline_id=pipeline_id),
-                                                  timeout=self.timeout))
+        await _call(
+            self.pipelines.DeletePipeline(pps.DeletePipelineRequest(pipeline_id=pipeline_id), timeout=self.timeout)
+        )
 
     # Health
 
     async def health(self, service: str = "", timeout: float = 3.0) -> str:
-        """"SERVING", "NOT_SERVING", ... for the whole server ("") or one service."""
+        """ "SERVING", "NOT_SERVING", ... for the whole server ("") or one service."""
         response = await _call(self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout))
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))

@@ -1,10 +1,10 @@
 """``mps-snapshot``: run the server, and talk to it from a shell.
 
-    mps-snapshot serve                                  # start on 127.0.0.1:50051, data in ./data
-    mps-snapshot put my.mp4 videos/my.mp4               # copy a file into the embedded store
-    mps-snapshot snapshot videos/my.mp4 --time 5000 --out shots/my.jpg
-    mps-snapshot submit request.json                    # MPS SubmitSnapshotJob JSON
-    mps-snapshot query JOB_ID ... | watch JOB_ID | cancel JOB_ID | health
+mps-snapshot serve                                  # start on 127.0.0.1:50051, data in ./data
+mps-snapshot put my.mp4 videos/my.mp4               # copy a file into the embedded store
+mps-snapshot snapshot videos/my.mp4 --time 5000 --out shots/my.jpg
+mps-snapshot submit request.json                    # MPS SubmitSnapshotJob JSON
+mps-snapshot query JOB_ID ... | watch JOB_ID | cancel JOB_ID | health
 """
 
 from __future__ import annotations
@@ -44,14 +44,20 @@ async def _client_command(args: argparse.Namespace) -> int:
             bucket, key = _split(args.input)
             out_bucket, out_key = _split(args.out)
             job = await client.snapshot(
-                bucket=bucket, object=quote(key, safe=""), output_bucket=out_bucket,
-                output_object=quote(out_key, safe="{}"), time_ms=args.time, width=args.width,
-                height=args.height, frame_type=args.frame_type, location=args.location)
+                bucket=bucket,
+                object=quote(key, safe=""),
+                output_bucket=out_bucket,
+                output_object=quote(out_key, safe="{}"),
+                time_ms=args.time,
+                width=args.width,
+                height=args.height,
+                frame_type=args.frame_type,
+                location=args.location,
+            )
             _print(job)
             return 0
         if args.command == "submit":
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-            response = await client.submit(json.loads(text))
+            response = await client.submit(json.loads(args.text))
             _print(response)
             if args.wait and response.snapshot_job.state not in ("Success", "Fail"):
                 _print(await client.wait(response.snapshot_job.id))
@@ -88,16 +94,20 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import App, configure_logging
     from server.config import load
 
-    settings = load(Path(args.config) if args.config else None, listen=args.listen,
-                    data_dir=Path(args.data_dir) if args.data_dir else None)
+    settings = load(
+        Path(args.config) if args.config else None,
+        listen=args.listen,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+    )
     configure_logging(settings.log_level)
     asyncio.run(App(settings).serve_forever())
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mps-snapshot", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mps-snapshot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--listen", help="HOST:PORT (env MPS_SNAPSHOT_LISTEN; default 127.0.0.1:50051)")
@@ -108,9 +118,14 @@ def parser() -> argparse.ArgumentParser:
     put.add_argument("dest", help="BUCKET/KEY")
     put.add_argument("--data-dir", help="as for serve")
     target = os.environ.get("MPS_SNAPSHOT_TARGET", DEFAULT_TARGET)
-    for name, help_text in (("health", "check the server's health"), ("snapshot", "take one snapshot now"),
-                            ("submit", "submit MPS SubmitSnapshotJob JSON"), ("query", "show jobs"),
-                            ("watch", "stream a job's progress"), ("cancel", "cancel a job")):
+    for name, help_text in (
+        ("health", "check the server's health"),
+        ("snapshot", "take one snapshot now"),
+        ("submit", "submit MPS SubmitSnapshotJob JSON"),
+        ("query", "show jobs"),
+        ("watch", "stream a job's progress"),
+        ("cancel", "cancel a job"),
+    ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--target", default=target, help=f"server address (env MPS_SNAPSHOT_TARGET; {target})")
         if name == "health":
@@ -142,6 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "put":
             return _put(args)
+        if args.command == "submit":
+            args.text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         return asyncio.run(_client_command(args))
     except MpsApiError as err:
         print(f"error: {err.code}: {err.message}", file=sys.stderr)

@@ -17,8 +17,17 @@ class FieldViolation:
 class MpsApiError(Exception):
     """A failed call. ``code`` is the MPS error code (``InvalidParameter.ResourceNotFound``)."""
 
-    def __init__(self, code: str, message: str, status: grpc.StatusCode, *, request_id: str = "",
-                 violations: tuple[FieldViolation, ...] = (), retry_delay: float | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: grpc.StatusCode,
+        *,
+        request_id: str = "",
+        violations: tuple[FieldViolation, ...] = (),
+        retry_delay: float | None = None,
+        job_id: str = "",
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -26,6 +35,8 @@ class MpsApiError(Exception):
         self.request_id = request_id
         self.violations = violations
         self.retry_delay = retry_delay
+        #: The job recorded for a failed synchronous snapshot, if any.
+        self.job_id = job_id
 
 
 class InvalidParameterError(MpsApiError):
@@ -83,9 +94,12 @@ def _class_for(code: str, status: grpc.StatusCode) -> type[MpsApiError]:
 def from_rpc_error(err: grpc.aio.AioRpcError) -> MpsApiError:
     """Decode the rich status in the trailers into a typed error."""
     status = err.code()
-    code = {grpc.StatusCode.DEADLINE_EXCEEDED: "SnapshotTimeOut",
-            grpc.StatusCode.UNAVAILABLE: "ServiceUnavailable"}.get(status, "InternalError")
+    code = {
+        grpc.StatusCode.DEADLINE_EXCEEDED: "SnapshotTimeOut",
+        grpc.StatusCode.UNAVAILABLE: "ServiceUnavailable",
+    }.get(status, "InternalError")
     request_id = ""
+    job_id = ""
     violations: list[FieldViolation] = []
     retry: float | None = None
     for key, value in err.trailing_metadata() or ():
@@ -99,6 +113,7 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> MpsApiError:
                     detail.Unpack(info)
                     code = info.reason
                     request_id = info.metadata.get("requestId", request_id)
+                    job_id = info.metadata.get("jobId", "")
                 elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                     bad = error_details_pb2.BadRequest()
                     detail.Unpack(bad)
@@ -108,5 +123,12 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> MpsApiError:
                     detail.Unpack(info_r)
                     retry = info_r.retry_delay.ToNanoseconds() / 1e9
     cls = _class_for(code, status)
-    return cls(code, err.details() or status.name, status, request_id=request_id, violations=tuple(violations),
-               retry_delay=retry)
+    return cls(
+        code,
+        err.details() or status.name,
+        status,
+        request_id=request_id,
+        violations=tuple(violations),
+        retry_delay=retry,
+        job_id=job_id,
+    )

@@ -21,11 +21,25 @@ from client.api import snapshot_service_pb2 as sps
 M = TypeVar("M", bound=Message)
 
 #: Alibaba Cloud RPC common parameters: part of an MPS call, not of the request body.
-COMMON_PARAMETERS = frozenset({
-    "Action", "Version", "Format", "RegionId", "AccessKeyId", "Signature", "SignatureMethod",
-    "SignatureVersion", "SignatureNonce", "Timestamp", "SecurityToken", "OwnerId", "OwnerAccount",
-    "ResourceOwnerId", "ResourceOwnerAccount",
-})
+COMMON_PARAMETERS = frozenset(
+    {
+        "Action",
+        "Version",
+        "Format",
+        "RegionId",
+        "AccessKeyId",
+        "Signature",
+        "SignatureMethod",
+        "SignatureVersion",
+        "SignatureNonce",
+        "Timestamp",
+        "SecurityToken",
+        "OwnerId",
+        "OwnerAccount",
+        "ResourceOwnerId",
+        "ResourceOwnerAccount",
+    }
+)
 
 
 def _field_by_json(desc: Descriptor, key: str) -> FieldDescriptor | None:
@@ -36,7 +50,7 @@ def _field_by_json(desc: Descriptor, key: str) -> FieldDescriptor | None:
 
 
 def _normalize_value(field: FieldDescriptor, value: Any) -> Any:
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
+    if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
         if isinstance(value, str):
             value = json.loads(value) if value.strip() else {}
         if field.message_type.full_name.startswith("google.protobuf."):
@@ -82,7 +96,7 @@ def parse(doc: Mapping[str, Any] | str, message: M) -> M:
     """Fill ``message`` from MPS JSON (a mapping or a JSON text)."""
     data = json.loads(doc) if isinstance(doc, str) else dict(doc)
     data = {k: v for k, v in data.items() if k not in COMMON_PARAMETERS}
-    json_format.ParseDict(normalize(message.DESCRIPTOR, data), message)
+    json_format.ParseDict(normalize(message.DESCRIPTOR, data), message)  # type: ignore[arg-type]
     return message
 
 

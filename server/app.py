@@ -56,17 +56,27 @@ class App:
         self.local = LocalStore(s.data_dir)
         self.router = build_router(s, self.local)
         self.engine = MediaEngine(
-            ffmpeg=s.resolved_ffmpeg(), ffprobe=s.resolved_ffprobe(), tmp_dir=s.tmp_dir,
-            max_processes=s.max_ffmpeg_processes, cpu_seconds=s.ffmpeg_cpu_s,
-            memory_bytes=s.ffmpeg_memory_mb * 1024 * 1024, max_image_bytes=s.max_image_bytes,
+            ffmpeg=s.resolved_ffmpeg(),
+            ffprobe=s.resolved_ffprobe(),
+            tmp_dir=s.tmp_dir,
+            max_processes=s.max_ffmpeg_processes,
+            cpu_seconds=s.ffmpeg_cpu_s,
+            memory_bytes=s.ffmpeg_memory_mb * 1024 * 1024,
+            max_image_bytes=s.max_image_bytes,
             probe_cache_entries=s.probe_cache_entries,
         )
         self.engine.sweep()
-        self.pipelines = PipelineRegistry(self.store, default_max_jobs=s.pipeline_max_concurrent_jobs,
-                                          default_capacity=s.pipeline_queue_capacity)
+        self.pipelines = PipelineRegistry(
+            self.store, default_max_jobs=s.pipeline_max_concurrent_jobs, default_capacity=s.pipeline_queue_capacity
+        )
         await self.pipelines.load()
-        self.jobs = JobService(store=self.store, router=self.router, engine=self.engine, pipelines=self.pipelines,
-                               sync_timeout_s=s.sync_timeout_s)
+        self.jobs = JobService(
+            store=self.store,
+            router=self.router,
+            engine=self.engine,
+            pipelines=self.pipelines,
+            sync_timeout_s=s.sync_timeout_s,
+        )
         self._server, self.health = rpc_server.build(self.jobs, self.pipelines, reflection_enabled=s.reflection)
         self.port = self._server.add_insecure_port(s.listen)
         if self.port == 0:

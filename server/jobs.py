@@ -51,7 +51,12 @@ def media_time_ms(seconds: float) -> float:
 
 class JobService:
     def __init__(
-        self, *, store: SqliteStore, router: StorageRouter, engine: MediaEngine, pipelines: PipelineRegistry,
+        self,
+        *,
+        store: SqliteStore,
+        router: StorageRouter,
+        engine: MediaEngine,
+        pipelines: PipelineRegistry,
         sync_timeout_s: float,
     ) -> None:
         self.store = store
@@ -77,8 +82,9 @@ class JobService:
         in_store = self.router.for_location(valid.input.location, "input.location")
         self.router.for_location(valid.output_file.location, "snapshot_config.output_file.location")
         if valid.config.tile_output_file is not None and valid.config.tile_out is not None:
-            self.router.for_location(valid.config.tile_output_file.location,
-                                     "snapshot_config.tile_output_file.location")
+            self.router.for_location(
+                valid.config.tile_output_file.location, "snapshot_config.tile_output_file.location"
+            )
         head = await in_store.head(valid.input.bucket, valid.input_key)
         job = Job(
             id=new_id(),
@@ -91,13 +97,18 @@ class JobService:
         )
         if valid.is_async:
             if self.submit_async is None:
-                raise InvalidParameter("Asynchronous jobs are not enabled on this server.",
-                                       code="InvalidParameter.NotSupported")
+                raise InvalidParameter(
+                    "Asynchronous jobs are not enabled on this server.", code="InvalidParameter.NotSupported"
+                )
             return await self.submit_async(job, valid)
         return await self._run_sync(job, valid, in_store, head, time_remaining)
 
     async def _run_sync(
-        self, job: Job, valid: validation.ValidRequest, in_store: ObjectStore, head: ObjectInfo,
+        self,
+        job: Job,
+        valid: validation.ValidRequest,
+        in_store: ObjectStore,
+        head: ObjectInfo,
         time_remaining: float | None,
     ) -> Job:
         limit = self.sync_timeout_s
@@ -118,15 +129,22 @@ class JobService:
             error = exc
         except asyncio.CancelledError:
             # The caller went away: record the outcome anyway, then let the cancel go on.
-            await asyncio.shield(self._fail(job, SnapshotTimeOut("The caller cancelled the call or its deadline "
-                                                                 "passed before the snapshot was written."),
-                                            written))
+            await asyncio.shield(
+                self._fail(
+                    job,
+                    SnapshotTimeOut(
+                        "The caller cancelled the call or its deadline passed before the snapshot was written."
+                    ),
+                    written,
+                )
+            )
             raise
         except Exception:
             log.exception("sync snapshot %s failed", job.id)
             error = InternalError("An internal error stopped the snapshot; quote the request id when reporting it.")
         if error is not None:
             await asyncio.shield(self._fail(job, error, written))
+            error.job_id = job.id
             raise error
         await asyncio.shield(self.save(job))
         return job
@@ -137,18 +155,23 @@ class JobService:
                 await store.delete(bucket, key)
             except Exception:
                 log.exception("could not remove %s/%s of failed job %s", bucket, key, job.id)
-        failed = dataclasses.replace(job, state=JobState.FAIL, code=error.code, message=error.message,
-                                     count=0, images=(), finish_time=now())
+        failed = dataclasses.replace(
+            job, state=JobState.FAIL, code=error.code, message=error.message, count=0, images=(), finish_time=now()
+        )
         await self.save(failed)
 
     async def _take_one(
-        self, job: Job, valid: validation.ValidRequest, in_store: ObjectStore, head: ObjectInfo,
-        written: list[tuple[ObjectStore, str, str]], limit: float,
+        self,
+        job: Job,
+        valid: validation.ValidRequest,
+        in_store: ObjectStore,
+        head: ObjectInfo,
+        written: list[tuple[ObjectStore, str, str]],
+        limit: float,
     ) -> Job:
         config = valid.config
         handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
-        info = await self.engine.probe(handle, (id(in_store), valid.input.bucket, valid.input_key, head.version),
-                                       limit)
+        info = await self.engine.probe(handle, (id(in_store), valid.input.bucket, valid.input_key, head.version), limit)
         time_ms = config.time or 0
         if valid.frame_type is FrameType.NORMAL and time_ms / 1000 >= info.duration_s:
             raise ResourceContentBad(
@@ -160,15 +183,27 @@ class JobService:
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
         async with self.engine.workdir(job.id) as workdir:
             frame = await self.engine.snapshot(
-                handle, info, time_s=time_ms / 1000, frame_type=valid.frame_type, width=config.width,
-                height=config.height, workdir=workdir, wall_seconds=limit,
+                handle,
+                info,
+                time_s=time_ms / 1000,
+                frame_type=valid.frame_type,
+                width=config.width,
+                height=config.height,
+                workdir=workdir,
+                wall_seconds=limit,
             )
             written.append((out_store, out.bucket, key))
             await out_store.put_file(out.bucket, key, frame.path, "image/jpeg")
-        image = SnapshotImage(object=key, time_ms=media_time_ms(frame.time_s), requested_time_ms=float(time_ms),
-                              width=frame.width, height=frame.height)
-        return dataclasses.replace(job, state=JobState.SUCCESS, count=1, images=(image,), images_planned=1,
-                                   finish_time=now())
+        image = SnapshotImage(
+            object=key,
+            time_ms=media_time_ms(frame.time_s),
+            requested_time_ms=float(time_ms),
+            width=frame.width,
+            height=frame.height,
+        )
+        return dataclasses.replace(
+            job, state=JobState.SUCCESS, count=1, images=(image,), images_planned=1, finish_time=now()
+        )
 
     async def query(
         self, ids: list[str], *, flt: JobFilter, page_size: int | None, token: str
@@ -180,19 +215,22 @@ class JobService:
             return [found[i] for i in ids if i in found], [i for i in ids if i not in found], ""
         size = DEFAULT_PAGE_SIZE if page_size is None else page_size
         if not 1 <= size <= MAX_PAGE_SIZE:
-            raise InvalidParameter.field("maximum_page_size", f"MaximumPageSize must be 1-{MAX_PAGE_SIZE}.",
-                                         code="InvalidParameter.OutOfRange")
+            raise InvalidParameter.field(
+                "maximum_page_size", f"MaximumPageSize must be 1-{MAX_PAGE_SIZE}.", code="InvalidParameter.OutOfRange"
+            )
         if flt.state and flt.state not in {s.value for s in JobState}:
             raise InvalidParameter.field(
-                "state", f"State {flt.state!r} is unknown; use " + ", ".join(s.value for s in JobState) + ".")
+                "state", f"State {flt.state!r} is unknown; use " + ", ".join(s.value for s in JobState) + "."
+            )
         jobs, next_token = await self.store.list_jobs(flt, size, token)
         return jobs, [], next_token
 
     async def get(self, job_id: str) -> Job:
         job = await self.store.get_job(job_id) if job_id else None
         if job is None:
-            raise ResourceNotFound(f"Snapshot job {job_id!r} does not exist; check the id returned by "
-                                   "SubmitSnapshotJob.")
+            raise ResourceNotFound(
+                f"Snapshot job {job_id!r} does not exist; check the id returned by SubmitSnapshotJob."
+            )
         return job
 
     async def watch(self, job_id: str) -> AsyncIterator[tuple[str, Job]]:
@@ -218,16 +256,19 @@ class JobService:
         finally:
             self.events.unsubscribe(job_id, queue)
 
-    def _resubscribe(self, job_id: str, old: asyncio.Queue[tuple[str, Job] | None]
-                     ) -> asyncio.Queue[tuple[str, Job] | None]:
+    def _resubscribe(
+        self, job_id: str, old: asyncio.Queue[tuple[str, Job] | None]
+    ) -> asyncio.Queue[tuple[str, Job] | None]:
         self.events.unsubscribe(job_id, old)
         return self.events.subscribe(job_id)
 
     async def cancel(self, job_id: str) -> Job:
         job = await self.get(job_id)
         if job.state.finished:
-            raise InvalidState(f"Snapshot job {job_id} has already ended in state {job.state.value}; "
-                               "only Submitted or Snapshoting jobs can be cancelled.")
+            raise InvalidState(
+                f"Snapshot job {job_id} has already ended in state {job.state.value}; "
+                "only Submitted or Snapshoting jobs can be cancelled."
+            )
         if self.cancel_async is None:
             raise InvalidState(f"Snapshot job {job_id} cannot be cancelled on this server.")
         return await self.cancel_async(job)

@@ -50,11 +50,15 @@ def _check_notify(cfg: NotifyConfig | None) -> None:
 
 def _check_limits(max_jobs: int | None, capacity: int | None) -> None:
     if max_jobs is not None and not 1 <= max_jobs <= MAX_CONCURRENT_JOBS:
-        raise InvalidParameter.field("max_concurrent_jobs", f"MaxConcurrentJobs must be 1-{MAX_CONCURRENT_JOBS}.",
-                                     code="InvalidParameter.OutOfRange")
+        raise InvalidParameter.field(
+            "max_concurrent_jobs",
+            f"MaxConcurrentJobs must be 1-{MAX_CONCURRENT_JOBS}.",
+            code="InvalidParameter.OutOfRange",
+        )
     if capacity is not None and not 1 <= capacity <= MAX_QUEUE_CAPACITY:
-        raise InvalidParameter.field("queue_capacity", f"QueueCapacity must be 1-{MAX_QUEUE_CAPACITY}.",
-                                     code="InvalidParameter.OutOfRange")
+        raise InvalidParameter.field(
+            "queue_capacity", f"QueueCapacity must be 1-{MAX_QUEUE_CAPACITY}.", code="InvalidParameter.OutOfRange"
+        )
 
 
 class PipelineRegistry:
@@ -74,15 +78,30 @@ class PipelineRegistry:
             await self._store.put_pipeline(default)
             self._pipelines[default.id] = default
 
-    def _new(self, name: str, *, is_default: bool = False, speed: str = "Standard", speed_level: int = 0,
-             role: str = "", notify: NotifyConfig | None = None, max_jobs: int | None = None,
-             capacity: int | None = None) -> Pipeline:
+    def _new(
+        self,
+        name: str,
+        *,
+        is_default: bool = False,
+        speed: str = "Standard",
+        speed_level: int = 0,
+        role: str = "",
+        notify: NotifyConfig | None = None,
+        max_jobs: int | None = None,
+        capacity: int | None = None,
+    ) -> Pipeline:
         return Pipeline(
-            id=new_id(), name=name, state=PipelineState.ACTIVE, speed=speed, speed_level=speed_level, role=role,
+            id=new_id(),
+            name=name,
+            state=PipelineState.ACTIVE,
+            speed=speed,
+            speed_level=speed_level,
+            role=role,
             notify_config=notify or NotifyConfig(),
             max_concurrent_jobs=max_jobs or self._default_max_jobs,
             queue_capacity=capacity or self._default_capacity,
-            creation_time=datetime.now(UTC), is_default=is_default,
+            creation_time=datetime.now(UTC),
+            is_default=is_default,
         )
 
     @property
@@ -108,8 +127,17 @@ class PipelineRegistry:
         for listener in self.listeners:
             await listener(pipeline, pipeline_id)
 
-    async def add(self, *, name: str, speed: str, speed_level: int, notify: NotifyConfig | None, role: str,
-                  max_jobs: int | None, capacity: int | None) -> Pipeline:
+    async def add(
+        self,
+        *,
+        name: str,
+        speed: str,
+        speed_level: int,
+        notify: NotifyConfig | None,
+        role: str,
+        max_jobs: int | None,
+        capacity: int | None,
+    ) -> Pipeline:
         _check_name(name)
         if speed and speed not in SPEEDS:
             raise InvalidParameter.field("speed", f"Speed {speed!r} is unknown; use one of {', '.join(SPEEDS)}.")
@@ -117,8 +145,15 @@ class PipelineRegistry:
             raise InvalidParameter.field("speed_level", "SpeedLevel must be 1-3.", code="InvalidParameter.OutOfRange")
         _check_notify(notify)
         _check_limits(max_jobs, capacity)
-        pipeline = self._new(name, speed=speed or "Standard", speed_level=speed_level, role=role, notify=notify,
-                             max_jobs=max_jobs, capacity=capacity)
+        pipeline = self._new(
+            name,
+            speed=speed or "Standard",
+            speed_level=speed_level,
+            role=role,
+            notify=notify,
+            max_jobs=max_jobs,
+            capacity=capacity,
+        )
         async with self._lock:
             await self._store.put_pipeline(pipeline)
             self._pipelines[pipeline.id] = pipeline
@@ -131,11 +166,15 @@ class PipelineRegistry:
         try:
             state = PipelineState(changes.state)
         except ValueError:
-            raise InvalidParameter.field("state", f"State {changes.state!r} is unknown; use Active or Paused.") from None
+            raise InvalidParameter.field(
+                "state", f"State {changes.state!r} is unknown; use Active or Paused."
+            ) from None
         _check_notify(changes.notify_config)
         _check_limits(changes.max_concurrent_jobs, changes.queue_capacity)
         updated = dataclasses.replace(
-            current, name=changes.name, state=state,
+            current,
+            name=changes.name,
+            state=state,
             notify_config=changes.notify_config if changes.notify_config is not None else current.notify_config,
             role=changes.role or current.role,
             max_concurrent_jobs=changes.max_concurrent_jobs or current.max_concurrent_jobs,
@@ -171,7 +210,7 @@ class PipelineRegistry:
             raise InvalidParameter.field("page_size", "PageSize must be 1-100.", code="InvalidParameter.OutOfRange")
         matching = [p for p in self.all() if state == "All" or p.state.value == state]
         start = (page_number - 1) * page_size
-        return matching[start:start + page_size], len(matching), page_number, page_size
+        return matching[start : start + page_size], len(matching), page_number, page_size
 
     async def delete(self, pipeline_id: str) -> None:
         pipeline = self.resolve_existing(pipeline_id)

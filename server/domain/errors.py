@@ -36,6 +36,8 @@ class MpsError(Exception):
             self.code = code
         self.violations = violations
         self.retry_after = retry_after
+        #: The job the error was recorded on, when one was (a failed sync snapshot).
+        self.job_id = ""
 
 
 class InvalidParameter(MpsError):

@@ -84,12 +84,7 @@ class SnapshotConfig:
     @property
     def is_async(self) -> bool:
         """MPS's rule, extended to TimeArray and TileOut which only exist async."""
-        return (
-            self.interval is not None
-            or self.num is not None
-            or bool(self.time_points)
-            or self.tile_out is not None
-        )
+        return self.interval is not None or self.num is not None or bool(self.time_points) or self.tile_out is not None
 
     @property
     def effective_frame_type(self) -> FrameType:

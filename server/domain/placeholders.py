@@ -43,14 +43,16 @@ def parse_output_name(template: str, field: str, allowed: frozenset[str]) -> Out
     for name in _PLACEHOLDER.findall(template):
         if name in _WORKFLOW_ONLY:
             raise InvalidParameter.field(
-                field, f"Placeholder {{{name}}} exists only in MPS media workflows; remove it.",
+                field,
+                f"Placeholder {{{name}}} exists only in MPS media workflows; remove it.",
                 code="InvalidParameter.ObjectKeyInvalid",
             )
         if name not in allowed:
             raise InvalidParameter.field(
                 field,
                 f"Unknown placeholder {{{name}}} in Object; use "
-                + ", ".join("{" + a + "}" for a in sorted(allowed)) + ".",
+                + ", ".join("{" + a + "}" for a in sorted(allowed))
+                + ".",
                 code="InvalidParameter.ObjectKeyInvalid",
             )
     return OutputName(template)

@@ -149,8 +149,9 @@ def validate(request: SnapshotRequest) -> ValidRequest:
     tile_name: OutputName | None = None
     if _check_ref(c, config.output_file, "snapshot_config.output_file"):
         assert config.output_file is not None
-        output_name = _check_output_name(c, config.output_file, "snapshot_config.output_file.object",
-                                         OUTPUT_FILE_PLACEHOLDERS, input_key)
+        output_name = _check_output_name(
+            c, config.output_file, "snapshot_config.output_file.object", OUTPUT_FILE_PLACEHOLDERS, input_key
+        )
     c.range("snapshot_config.time", config.time, 0, MAX_TIME_MS, " ms")
     c.range("snapshot_config.interval", config.interval, 0, MAX_INTERVAL_S, " s")
     c.range("snapshot_config.num", config.num, 1, MAX_NUM)
@@ -167,8 +168,10 @@ def validate(request: SnapshotRequest) -> ValidRequest:
     if fmt not in ("", "jpg", "jpeg", "vtt"):
         c.add("snapshot_config.format", f"Format {config.format!r} is unknown; use jpg (default) or vtt.")
     elif fmt == "vtt" and not config.is_async:
-        c.add("snapshot_config.format", "Format vtt needs a sequence of snapshots: set Interval, Num, "
-              "TimeArray or TileOut.")
+        c.add(
+            "snapshot_config.format",
+            "Format vtt needs a sequence of snapshots: set Interval, Num, TimeArray or TileOut.",
+        )
     if config.time_points is not None:
         _check_time_points(c, config.time_points)
     background = (0, 0, 0)
@@ -187,13 +190,20 @@ def validate(request: SnapshotRequest) -> ValidRequest:
             c.add("snapshot_config.tile_out.color", f"Color {exc}.")
         if _check_ref(c, config.tile_output_file, "snapshot_config.tile_output_file"):
             assert config.tile_output_file is not None
-            tile_name = _check_output_name(c, config.tile_output_file, "snapshot_config.tile_output_file.object",
-                                           TILE_FILE_PLACEHOLDERS, input_key)
-    if (output_name is not None and may_write_many_images(config) and keeps_cell_pics(config)
-            and "Count" not in output_name.names):
-        c.add("snapshot_config.output_file.object",
-              "This job writes more than one image, so OutputFile.Object must contain {Count} "
-              "(for example snap-{Count}.jpg).")
+            tile_name = _check_output_name(
+                c, config.tile_output_file, "snapshot_config.tile_output_file.object", TILE_FILE_PLACEHOLDERS, input_key
+            )
+    if (
+        output_name is not None
+        and may_write_many_images(config)
+        and keeps_cell_pics(config)
+        and "Count" not in output_name.names
+    ):
+        c.add(
+            "snapshot_config.output_file.object",
+            "This job writes more than one image, so OutputFile.Object must contain {Count} "
+            "(for example snap-{Count}.jpg).",
+        )
     c.raise_if_any()
     assert request.input is not None and isinstance(input_key, str)
     assert config.output_file is not None and output_name is not None
@@ -233,12 +243,16 @@ def _check_output_name(
 def _check_time_points(c: _Checker, points: tuple[float, ...]) -> None:
     field = "snapshot_config.time_array.time_point_list"
     if len(points) > MAX_TIME_POINTS:
-        c.add(field, f"TimePointList has {len(points)} points; at most {MAX_TIME_POINTS} are allowed.",
-              "InvalidParameter.TimeArray")
+        c.add(
+            field,
+            f"TimePointList has {len(points)} points; at most {MAX_TIME_POINTS} are allowed.",
+            "InvalidParameter.TimeArray",
+        )
         return
     for i, p in enumerate(points):
         if not math.isfinite(p) or not 0 <= p <= MAX_TIME_MS:
             c.add(f"{field}[{i}]", f"{p} is not a time in milliseconds of 0 or more.", "InvalidParameter.TimeArray")
         elif abs(round(p * 100) - p * 100) > 1e-6:
-            c.add(f"{field}[{i}]", f"{p} has more than two decimals; round it to 0.01 ms.",
-                  "InvalidParameter.TimeArray")
+            c.add(
+                f"{field}[{i}]", f"{p} has more than two decimals; round it to 0.01 ms.", "InvalidParameter.TimeArray"
+            )

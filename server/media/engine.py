@@ -20,8 +20,16 @@ from server.storage.base import InputHandle
 
 class MediaEngine:
     def __init__(
-        self, *, ffmpeg: str, ffprobe: str, tmp_dir: Path, max_processes: int, cpu_seconds: int,
-        memory_bytes: int, max_image_bytes: int, probe_cache_entries: int,
+        self,
+        *,
+        ffmpeg: str,
+        ffprobe: str,
+        tmp_dir: Path,
+        max_processes: int,
+        cpu_seconds: int,
+        memory_bytes: int,
+        max_image_bytes: int,
+        probe_cache_entries: int,
     ) -> None:
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
@@ -35,6 +43,8 @@ class MediaEngine:
         self._probe_cap = probe_cache_entries
         self.running = 0
         self.peak_running = 0
+        #: Processes started so far (tests use it to prove validation starts none).
+        self.started = 0
 
     def sweep(self) -> None:
         """Remove work folders a crashed server left behind."""
@@ -51,12 +61,14 @@ class MediaEngine:
             await asyncio.to_thread(shutil.rmtree, path, True)
 
     def limits(self, wall_seconds: float) -> process.Limits:
-        return process.Limits(wall_seconds=max(0.1, wall_seconds), cpu_seconds=self._cpu,
-                              address_space_bytes=self._memory)
+        return process.Limits(
+            wall_seconds=max(0.1, wall_seconds), cpu_seconds=self._cpu, address_space_bytes=self._memory
+        )
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[None]:
         async with self._slots:
+            self.started += 1
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
             try:
@@ -77,14 +89,40 @@ class MediaEngine:
         return info
 
     async def snapshot(
-        self, handle: InputHandle, info: probe_mod.MediaInfo, *, time_s: float, frame_type: FrameType,
-        width: int | None, height: int | None, workdir: Path, wall_seconds: float,
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        *,
+        time_s: float,
+        frame_type: FrameType,
+        width: int | None,
+        height: int | None,
+        workdir: Path,
+        wall_seconds: float,
     ) -> Frame:
         src = Source(handle.url, handle.protocols)
         limits = self.limits(wall_seconds)
         async with self._slot():
             if frame_type is FrameType.INTRA:
-                return await capture_keyframe(self.ffmpeg, src, info, time_s=time_s, width=width, height=height,
-                                              workdir=workdir, limits=limits, max_bytes=self._max_image_bytes)
-            return await capture_exact(self.ffmpeg, src, info, time_s=time_s, width=width, height=height,
-                                       workdir=workdir, limits=limits, max_bytes=self._max_image_bytes)
+                return await capture_keyframe(
+                    self.ffmpeg,
+                    src,
+                    info,
+                    time_s=time_s,
+                    width=width,
+                    height=height,
+                    workdir=workdir,
+                    limits=limits,
+                    max_bytes=self._max_image_bytes,
+                )
+            return await capture_exact(
+                self.ffmpeg,
+                src,
+                info,
+                time_s=time_s,
+                width=width,
+                height=height,
+                workdir=workdir,
+                limits=limits,
+                max_bytes=self._max_image_bytes,
+            )

@@ -39,10 +39,17 @@ class MediaInfo:
 
 def probe_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
     return [
-        ffprobe, "-hide_banner", "-v", "error",
+        ffprobe,
+        "-hide_banner",
+        "-v",
+        "error",
         *input_options(protocols),
-        "-show_format", "-show_streams", "-of", "json",
-        "-i", url,
+        "-show_format",
+        "-show_streams",
+        "-of",
+        "json",
+        "-i",
+        url,
     ]
 
 
@@ -63,11 +70,13 @@ def _float(text: Any) -> float:
 
 
 def _rotation(stream: dict[str, Any]) -> int:
-    for side in stream.get("side_data_list", []) or []:
-        if "rotation" in side:
-            return int(round(_float(side["rotation"]))) % 360
+    values = [side["rotation"] for side in stream.get("side_data_list", []) or [] if "rotation" in side]
     rotate = (stream.get("tags") or {}).get("rotate")
-    return int(round(_float(rotate))) % 360 if rotate is not None else 0
+    for raw in [*values, rotate]:
+        value = _float(raw)
+        if math.isfinite(value):
+            return round(value) % 360
+    return 0
 
 
 def parse_probe(output: bytes) -> MediaInfo:
@@ -79,8 +88,7 @@ def parse_probe(output: bytes) -> MediaInfo:
     streams = doc.get("streams") or []
     fmt = doc.get("format") or {}
     video = next(
-        (s for s in streams if s.get("codec_type") == "video"
-         and not (s.get("disposition") or {}).get("attached_pic")),
+        (s for s in streams if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")),
         None,
     )
     if video is None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import ffmpeg  # type: ignore[import-untyped]
+import ffmpeg
 from PIL import Image
 
 from server.domain.errors import ResourceContentBad
@@ -43,32 +44,39 @@ class Source:
     protocols: tuple[str, ...]
 
 
-def _scaled(stream: object, width: int | None, height: int | None) -> object:
+def _scaled(stream: Any, width: int | None, height: int | None) -> Any:
     # Sizes follow the display aspect ratio (dar = iw/ih*sar), after ffmpeg's
     # auto-rotation; "+0.5" because scale truncates its expressions.
     if width and height:
-        stream = stream.filter("scale", w=width, h=height)  # type: ignore[attr-defined]
+        stream = stream.filter("scale", w=width, h=height)
     elif width:
-        stream = stream.filter("scale", w=width, h=f"{width}/dar+0.5")  # type: ignore[attr-defined]
+        stream = stream.filter("scale", w=width, h=f"{width}/dar+0.5")
     elif height:
-        stream = stream.filter("scale", w=f"{height}*dar+0.5", h=height)  # type: ignore[attr-defined]
+        stream = stream.filter("scale", w=f"{height}*dar+0.5", h=height)
     else:
-        stream = stream.filter("scale", w="iw*sar+0.5", h="ih")  # type: ignore[attr-defined]
-    return stream.filter("setsar", "1").filter("showinfo")  # type: ignore[attr-defined]
+        stream = stream.filter("scale", w="iw*sar+0.5", h="ih")
+    return stream.filter("setsar", "1").filter("showinfo")
 
 
 _GLOBAL = ["-hide_banner", "-nostdin", "-nostats", "-loglevel", "info"]
 
 
-def _compile(node: object, ffmpeg_bin: str) -> list[str]:
+def _compile(node: Any, ffmpeg_bin: str) -> list[str]:
     # ffmpeg-python appends global options at the end; ffmpeg wants them first.
-    args = [str(a) for a in node.compile(cmd=ffmpeg_bin)]  # type: ignore[attr-defined]
+    args = [str(a) for a in node.compile(cmd=ffmpeg_bin)]
     return [args[0], *_GLOBAL, *args[1:]]
 
 
 def exact_argv(
-    ffmpeg_bin: str, src: Source, *, start_s: float, window_s: float | None, width: int | None,
-    height: int | None, out: Path, start_offset_s: float = 0.0,
+    ffmpeg_bin: str,
+    src: Source,
+    *,
+    start_s: float,
+    window_s: float | None,
+    width: int | None,
+    height: int | None,
+    out: Path,
+    start_offset_s: float = 0.0,
 ) -> list[str]:
     """First frame at or after ``start_s``; with ``window_s``, the last frame before start+window."""
     stream = ffmpeg.input(src.url, ss=f"{start_s:.6f}", copyts=None, **_input_kwargs(src))["v:0"]
@@ -83,11 +91,22 @@ def exact_argv(
 
 
 def keyframe_argv(
-    ffmpeg_bin: str, src: Source, *, time_s: float, width: int | None, height: int | None, out_pattern: Path,
+    ffmpeg_bin: str,
+    src: Source,
+    *,
+    time_s: float,
+    width: int | None,
+    height: int | None,
+    out_pattern: Path,
 ) -> list[str]:
     """The keyframe at or before ``time_s`` and the one after it, as two images."""
-    kwargs = {"skip_frame": "nokey", "noaccurate_seek": None, "copyts": None, "ss": f"{time_s:.6f}",
-              **_input_kwargs(src)}
+    kwargs = {
+        "skip_frame": "nokey",
+        "noaccurate_seek": None,
+        "copyts": None,
+        "ss": f"{time_s:.6f}",
+        **_input_kwargs(src),
+    }
     stream = _scaled(ffmpeg.input(src.url, **kwargs)["v:0"], width, height)
     opts = {"f": "image2", "fps_mode": "passthrough", "frames:v": 2, "q:v": JPEG_QUALITY, "an": None, "sn": None}
     return _compile(stream.output(str(out_pattern), **opts), ffmpeg_bin)
@@ -134,8 +153,16 @@ async def _run(argv: list[str], limits: process.Limits, cwd: Path) -> process.Re
 
 
 async def capture_exact(
-    ffmpeg_bin: str, src: Source, info: MediaInfo, *, time_s: float, width: int | None, height: int | None,
-    workdir: Path, limits: process.Limits, max_bytes: int,
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    *,
+    time_s: float,
+    width: int | None,
+    height: int | None,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
 ) -> Frame:
     """The frame displayed at ``time_s`` (the last frame whose timestamp is <= time_s)."""
     out = workdir / "exact.jpg"
@@ -144,8 +171,9 @@ async def capture_exact(
 
     async def attempt(start: float, window: float | None) -> list[float]:
         out.unlink(missing_ok=True)
-        argv = exact_argv(ffmpeg_bin, src, start_s=start, window_s=window, width=width, height=height, out=out,
-                          start_offset_s=base)
+        argv = exact_argv(
+            ffmpeg_bin, src, start_s=start, window_s=window, width=width, height=height, out=out, start_offset_s=base
+        )
         result = await _run(argv, limits, workdir)
         return [t - base for t in frame_times(result.stderr)] if out.exists() else []
 
@@ -169,14 +197,23 @@ async def capture_exact(
 
 
 async def capture_keyframe(
-    ffmpeg_bin: str, src: Source, info: MediaInfo, *, time_s: float, width: int | None, height: int | None,
-    workdir: Path, limits: process.Limits, max_bytes: int,
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    *,
+    time_s: float,
+    width: int | None,
+    height: int | None,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
 ) -> Frame:
     """The keyframe nearest ``time_s`` (ties go to the earlier one); past the end, the last."""
     pattern = workdir / "key%d.jpg"
     result = await _run(
         keyframe_argv(ffmpeg_bin, src, time_s=time_s, width=width, height=height, out_pattern=pattern),
-        limits, workdir,
+        limits,
+        workdir,
     )
     times = [t - info.start_time_s for t in frame_times(result.stderr)[:2]]
     files = [workdir / f"key{i + 1}.jpg" for i in range(len(times))]

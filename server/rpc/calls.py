@@ -36,8 +36,9 @@ class RequestIdFilter(logging.Filter):
 
 async def _abort(context: aio.ServicerContext[Any, Any], error: MpsError, request_id: str) -> None:
     code, message, details = rich_status(error, request_id)
-    await context.abort(code, message, trailing_metadata=(
-        ("grpc-status-details-bin", details), ("x-request-id", request_id)))
+    await context.abort(
+        code, message, trailing_metadata=(("grpc-status-details-bin", details), ("x-request-id", request_id))
+    )
 
 
 def _surprise(method: str, request_id: str) -> MpsError:

@@ -65,8 +65,9 @@ def config_from_proto(msg: res.SnapshotConfig) -> SnapshotConfig:
         tile_out=tile_from_proto(msg.tile_out) if msg.HasField("tile_out") else None,
         time_points=tuple(msg.time_array.time_point_list) if msg.HasField("time_array") else None,
         format=msg.format,
-        sub_out_is_spt_frag=(msg.sub_out.is_spt_frag if msg.HasField("sub_out") and msg.sub_out.HasField(
-            "is_spt_frag") else None),
+        sub_out_is_spt_frag=(
+            msg.sub_out.is_spt_frag if msg.HasField("sub_out") and msg.sub_out.HasField("is_spt_frag") else None
+        ),
         has_sub_out=msg.HasField("sub_out"),
         black_level=msg.black_level if msg.HasField("black_level") else None,
         pixel_black_threshold=msg.pixel_black_threshold if msg.HasField("pixel_black_threshold") else None,
@@ -118,9 +119,16 @@ def from_timestamp(ts: timestamp_pb2.Timestamp) -> datetime:
 def job_to_proto(job: Job) -> res.SnapshotJob:
     req = job.request
     msg = res.SnapshotJob(
-        id=job.id, state=job.state.value, code=job.code, message=job.message, count=job.count,
-        tile_count=job.tile_count, user_data=req.user_data, pipeline_id=job.pipeline_id,
-        attempts=job.attempts, request_id=job.request_id,
+        id=job.id,
+        state=job.state.value,
+        code=job.code,
+        message=job.message,
+        count=job.count,
+        tile_count=job.tile_count,
+        user_data=req.user_data,
+        pipeline_id=job.pipeline_id,
+        attempts=job.attempts,
+        request_id=job.request_id,
     )
     if req.input is not None:
         msg.input.CopyFrom(ref_to_proto(req.input))
@@ -130,30 +138,46 @@ def job_to_proto(job: Job) -> res.SnapshotJob:
     if job.finish_time is not None:
         msg.finish_time.CopyFrom(timestamp(job.finish_time))
     if job.notify_result is not None:
-        msg.mns_message_result.CopyFrom(res.MNSMessageResult(
-            message_id=job.notify_result.message_id, error_code=job.notify_result.error_code,
-            error_message=job.notify_result.error_message))
+        msg.mns_message_result.CopyFrom(
+            res.MNSMessageResult(
+                message_id=job.notify_result.message_id,
+                error_code=job.notify_result.error_code,
+                error_message=job.notify_result.error_message,
+            )
+        )
     for img in job.images:
-        msg.images.add(object=img.object, time=img.time_ms, requested_time=img.requested_time_ms,
-                       width=img.width, height=img.height)
+        msg.images.add(
+            object=img.object,
+            time=img.time_ms,
+            requested_time=img.requested_time_ms,
+            width=img.width,
+            height=img.height,
+        )
     for sprite in job.sprites:
-        msg.sprites.add(object=sprite.object, cell_count=sprite.cell_count, width=sprite.width,
-                        height=sprite.height)
+        msg.sprites.add(object=sprite.object, cell_count=sprite.cell_count, width=sprite.width, height=sprite.height)
     return msg
 
 
 def notify_from_proto(msg: res.NotifyConfig) -> NotifyConfig:
-    return NotifyConfig(topic=msg.topic, queue_name=msg.queue_name, mq_topic=msg.mq_topic, mq_tag=msg.mq_tag,
-                        http_url=msg.http_url)
+    return NotifyConfig(
+        topic=msg.topic, queue_name=msg.queue_name, mq_topic=msg.mq_topic, mq_tag=msg.mq_tag, http_url=msg.http_url
+    )
 
 
 def pipeline_to_proto(p: Pipeline) -> res.Pipeline:
     n = p.notify_config
     return res.Pipeline(
-        id=p.id, name=p.name, state=p.state.value, speed=p.speed, speed_level=p.speed_level, role=p.role,
-        notify_config=res.NotifyConfig(topic=n.topic, queue_name=n.queue_name, mq_topic=n.mq_topic,
-                                       mq_tag=n.mq_tag, http_url=n.http_url),
-        max_concurrent_jobs=p.max_concurrent_jobs, queue_capacity=p.queue_capacity,
+        id=p.id,
+        name=p.name,
+        state=p.state.value,
+        speed=p.speed,
+        speed_level=p.speed_level,
+        role=p.role,
+        notify_config=res.NotifyConfig(
+            topic=n.topic, queue_name=n.queue_name, mq_topic=n.mq_topic, mq_tag=n.mq_tag, http_url=n.http_url
+        ),
+        max_concurrent_jobs=p.max_concurrent_jobs,
+        queue_capacity=p.queue_capacity,
     )
 
 

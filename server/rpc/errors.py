@@ -17,21 +17,42 @@ ERROR_DOMAIN = "mps-snapshot"
 
 #: (MPS code or prefix pattern, gRPC status, when it happens)
 ERROR_TABLE: tuple[tuple[str, grpc.StatusCode, str], ...] = (
-    ("InvalidParameter.*", grpc.StatusCode.INVALID_ARGUMENT,
-     "A request field is invalid; BadRequest names the fields and what to fix."),
-    ("InvalidParameter.ResourceNotFound", grpc.StatusCode.NOT_FOUND,
-     "The input object, its bucket, a pipeline or a job does not exist."),
-    ("InvalidParameter.ResourceContentBad", grpc.StatusCode.INVALID_ARGUMENT,
-     "The input is not a usable video, or the time is past its end (sync jobs; async jobs end Fail)."),
+    (
+        "InvalidParameter.*",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "A request field is invalid; BadRequest names the fields and what to fix.",
+    ),
+    (
+        "InvalidParameter.ResourceNotFound",
+        grpc.StatusCode.NOT_FOUND,
+        "The input object, its bucket, a pipeline or a job does not exist.",
+    ),
+    (
+        "InvalidParameter.ResourceContentBad",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "The input is not a usable video, or the time is past its end (sync jobs; async jobs end Fail).",
+    ),
     ("MissingParameter.*", grpc.StatusCode.INVALID_ARGUMENT, "A required field is missing."),
-    ("SnapshotTimeOut", grpc.StatusCode.DEADLINE_EXCEEDED,
-     "A synchronous snapshot did not finish within the server limit or the caller's deadline."),
-    ("IncorrectJobState", grpc.StatusCode.FAILED_PRECONDITION,
-     "The job is in a state that does not allow the call (e.g. cancelling a finished job)."),
-    ("IncorrectPipelineState", grpc.StatusCode.FAILED_PRECONDITION,
-     "The pipeline cannot be deleted: it is the default one or still has unfinished jobs."),
-    ("Throttling.*", grpc.StatusCode.RESOURCE_EXHAUSTED,
-     "A rate limit or a queue capacity was reached; RetryInfo says when to retry."),
+    (
+        "SnapshotTimeOut",
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "A synchronous snapshot did not finish within the server limit or the caller's deadline.",
+    ),
+    (
+        "IncorrectJobState",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The job is in a state that does not allow the call (e.g. cancelling a finished job).",
+    ),
+    (
+        "IncorrectPipelineState",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "The pipeline cannot be deleted: it is the default one or still has unfinished jobs.",
+    ),
+    (
+        "Throttling.*",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "A rate limit or a queue capacity was reached; RetryInfo says when to retry.",
+    ),
     ("PermissionDenied.*", grpc.StatusCode.PERMISSION_DENIED, "Storage refused access to a bucket or object."),
     ("Forbidden.*", grpc.StatusCode.PERMISSION_DENIED, "The caller's policy does not allow the action."),
     ("InvalidAccessKeyId.*", grpc.StatusCode.UNAUTHENTICATED, "The access key is unknown."),
@@ -61,13 +82,18 @@ def rich_status(error: MpsError, request_id: str) -> tuple[grpc.StatusCode, str,
     code = status_for(error.code)
     message = f"{error.message} (RequestId: {request_id})"
     status = status_pb2.Status(code=code.value[0], message=message)
-    info = error_details_pb2.ErrorInfo(reason=error.code, domain=ERROR_DOMAIN, metadata={"requestId": request_id})
+    metadata = {"requestId": request_id}
+    if error.job_id:
+        metadata["jobId"] = error.job_id
+    info = error_details_pb2.ErrorInfo(reason=error.code, domain=ERROR_DOMAIN, metadata=metadata)
     status.details.add().Pack(info)
     if error.violations:
-        bad = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
-        ])
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
         status.details.add().Pack(bad)
     if error.retry_after is not None:
         delay = duration_pb2.Duration()

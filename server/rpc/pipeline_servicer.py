@@ -17,54 +17,77 @@ class PipelineServicer(pps_grpc.PipelineServiceServicer):
 
     @unary
     async def AddPipeline(
-        self, request: pps.AddPipelineRequest,
-        context: aio.ServicerContext[pps.AddPipelineRequest, pps.AddPipelineResponse], request_id: str,
+        self,
+        request: pps.AddPipelineRequest,
+        context: aio.ServicerContext[pps.AddPipelineRequest, pps.AddPipelineResponse],
+        request_id: str,
     ) -> pps.AddPipelineResponse:
         pipeline = await self.registry.add(
-            name=request.name, speed=request.speed, speed_level=request.speed_level,
-            notify=converters.add_pipeline_notify(request), role=request.role,
+            name=request.name,
+            speed=request.speed,
+            speed_level=request.speed_level,
+            notify=converters.add_pipeline_notify(request),
+            role=request.role,
             max_jobs=request.max_concurrent_jobs if request.HasField("max_concurrent_jobs") else None,
-            capacity=request.queue_capacity if request.HasField("queue_capacity") else None)
+            capacity=request.queue_capacity if request.HasField("queue_capacity") else None,
+        )
         return pps.AddPipelineResponse(request_id=request_id, pipeline=converters.pipeline_to_proto(pipeline))
 
     @unary
     async def UpdatePipeline(
-        self, request: pps.UpdatePipelineRequest,
-        context: aio.ServicerContext[pps.UpdatePipelineRequest, pps.UpdatePipelineResponse], request_id: str,
+        self,
+        request: pps.UpdatePipelineRequest,
+        context: aio.ServicerContext[pps.UpdatePipelineRequest, pps.UpdatePipelineResponse],
+        request_id: str,
     ) -> pps.UpdatePipelineResponse:
         changes = PipelineChanges(
-            name=request.name, state=request.state, notify_config=converters.add_pipeline_notify(request),
+            name=request.name,
+            state=request.state,
+            notify_config=converters.add_pipeline_notify(request),
             role=request.role,
             max_concurrent_jobs=request.max_concurrent_jobs if request.HasField("max_concurrent_jobs") else None,
-            queue_capacity=request.queue_capacity if request.HasField("queue_capacity") else None)
+            queue_capacity=request.queue_capacity if request.HasField("queue_capacity") else None,
+        )
         pipeline = await self.registry.update(request.pipeline_id, changes)
         return pps.UpdatePipelineResponse(request_id=request_id, pipeline=converters.pipeline_to_proto(pipeline))
 
     @unary
     async def QueryPipelineList(
-        self, request: pps.QueryPipelineListRequest,
-        context: aio.ServicerContext[pps.QueryPipelineListRequest, pps.QueryPipelineListResponse], request_id: str,
+        self,
+        request: pps.QueryPipelineListRequest,
+        context: aio.ServicerContext[pps.QueryPipelineListRequest, pps.QueryPipelineListResponse],
+        request_id: str,
     ) -> pps.QueryPipelineListResponse:
         ids = [i.strip() for raw in request.pipeline_ids for i in raw.split(",") if i.strip()]
         found, missing = self.registry.query(ids)
         return pps.QueryPipelineListResponse(
-            request_id=request_id, pipeline_list=[converters.pipeline_to_proto(p) for p in found],
-            non_exist_pids=missing)
+            request_id=request_id,
+            pipeline_list=[converters.pipeline_to_proto(p) for p in found],
+            non_exist_pids=missing,
+        )
 
     @unary
     async def SearchPipeline(
-        self, request: pps.SearchPipelineRequest,
-        context: aio.ServicerContext[pps.SearchPipelineRequest, pps.SearchPipelineResponse], request_id: str,
+        self,
+        request: pps.SearchPipelineRequest,
+        context: aio.ServicerContext[pps.SearchPipelineRequest, pps.SearchPipelineResponse],
+        request_id: str,
     ) -> pps.SearchPipelineResponse:
         page, total, number, size = self.registry.search(request.state, request.page_number, request.page_size)
         return pps.SearchPipelineResponse(
-            request_id=request_id, total_count=total, page_number=number, page_size=size,
-            pipeline_list=[converters.pipeline_to_proto(p) for p in page])
+            request_id=request_id,
+            total_count=total,
+            page_number=number,
+            page_size=size,
+            pipeline_list=[converters.pipeline_to_proto(p) for p in page],
+        )
 
     @unary
     async def DeletePipeline(
-        self, request: pps.DeletePipelineRequest,
-        context: aio.ServicerContext[pps.DeletePipelineRequest, pps.DeletePipelineResponse], request_id: str,
+        self,
+        request: pps.DeletePipelineRequest,
+        context: aio.ServicerContext[pps.DeletePipelineRequest, pps.DeletePipelineResponse],
+        request_id: str,
     ) -> pps.DeletePipelineResponse:
         await self.registry.delete(request.pipeline_id)
         return pps.DeletePipelineResponse(request_id=request_id, pipeline_id=request.pipeline_id)

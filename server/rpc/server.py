@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -33,8 +32,9 @@ OPTIONS = (
 )
 
 
-def build(jobs: JobService, pipelines: PipelineRegistry, *, reflection_enabled: bool
-          ) -> tuple[aio.Server, health_aio.HealthServicer]:
+def build(
+    jobs: JobService, pipelines: PipelineRegistry, *, reflection_enabled: bool
+) -> tuple[aio.Server, health_aio.HealthServicer]:
     server = aio.server(options=OPTIONS)
     snapshot_service_pb2_grpc.add_SnapshotServiceServicer_to_server(SnapshotServicer(jobs), server)
     pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(pipelines), server)
@@ -49,10 +49,6 @@ def build(jobs: JobService, pipelines: PipelineRegistry, *, reflection_enabled: 
 
 
 async def set_serving(health: health_aio.HealthServicer, serving: bool) -> None:
-    status = (health_pb2.HealthCheckResponse.SERVING if serving
-              else health_pb2.HealthCheckResponse.NOT_SERVING)
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", *SERVICE_NAMES):
         await health.set(name, status)
-
-
-

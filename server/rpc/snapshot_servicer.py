@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 from grpc import aio
 
-
 from client.api import snapshot_service_pb2 as sps
 from client.api import snapshot_service_pb2_grpc as sps_grpc
 from server.jobs import JobService
@@ -28,53 +27,76 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
 
     @unary
     async def SubmitSnapshotJob(
-        self, request: sps.SubmitSnapshotJobRequest,
-        context: aio.ServicerContext[sps.SubmitSnapshotJobRequest, sps.SubmitSnapshotJobResponse], request_id: str,
+        self,
+        request: sps.SubmitSnapshotJobRequest,
+        context: aio.ServicerContext[sps.SubmitSnapshotJobRequest, sps.SubmitSnapshotJobResponse],
+        request_id: str,
     ) -> sps.SubmitSnapshotJobResponse:
-        job = await self.jobs.submit(converters.submit_from_proto(request), request_id=request_id,
-                                     time_remaining=time_remaining(context))
+        job = await self.jobs.submit(
+            converters.submit_from_proto(request), request_id=request_id, time_remaining=time_remaining(context)
+        )
         return sps.SubmitSnapshotJobResponse(request_id=request_id, snapshot_job=converters.job_to_proto(job))
 
     @unary
     async def QuerySnapshotJobList(
-        self, request: sps.QuerySnapshotJobListRequest,
+        self,
+        request: sps.QuerySnapshotJobListRequest,
         context: aio.ServicerContext[sps.QuerySnapshotJobListRequest, sps.QuerySnapshotJobListResponse],
         request_id: str,
     ) -> sps.QuerySnapshotJobListResponse:
         flt = JobFilter(
-            state=request.state, pipeline_id=request.pipeline_id,
-            created_from=(converters.from_timestamp(request.start_of_job_created_time_range)
-                          if request.HasField("start_of_job_created_time_range") else None),
-            created_to=(converters.from_timestamp(request.end_of_job_created_time_range)
-                        if request.HasField("end_of_job_created_time_range") else None),
+            state=request.state,
+            pipeline_id=request.pipeline_id,
+            created_from=(
+                converters.from_timestamp(request.start_of_job_created_time_range)
+                if request.HasField("start_of_job_created_time_range")
+                else None
+            ),
+            created_to=(
+                converters.from_timestamp(request.end_of_job_created_time_range)
+                if request.HasField("end_of_job_created_time_range")
+                else None
+            ),
         )
         ids = [i.strip() for raw in request.snapshot_job_ids for i in raw.split(",") if i.strip()]
         jobs, missing, token = await self.jobs.query(
-            ids, flt=flt, token=request.next_page_token,
-            page_size=request.maximum_page_size if request.HasField("maximum_page_size") else None)
+            ids,
+            flt=flt,
+            token=request.next_page_token,
+            page_size=request.maximum_page_size if request.HasField("maximum_page_size") else None,
+        )
         return sps.QuerySnapshotJobListResponse(
-            request_id=request_id, snapshot_job_list=[converters.job_to_proto(j) for j in jobs],
-            non_exist_snapshot_job_ids=missing, next_page_token=token)
+            request_id=request_id,
+            snapshot_job_list=[converters.job_to_proto(j) for j in jobs],
+            non_exist_snapshot_job_ids=missing,
+            next_page_token=token,
+        )
 
     @server_stream
     async def WatchSnapshotJob(
-        self, request: sps.WatchSnapshotJobRequest,
-        context: aio.ServicerContext[sps.WatchSnapshotJobRequest, sps.SnapshotJobEvent], request_id: str,
+        self,
+        request: sps.WatchSnapshotJobRequest,
+        context: aio.ServicerContext[sps.WatchSnapshotJobRequest, sps.SnapshotJobEvent],
+        request_id: str,
     ) -> AsyncIterator[sps.SnapshotJobEvent]:
         async for kind, job in self.jobs.watch(request.snapshot_job_id):
             yield sps.SnapshotJobEvent(
-                kind=_KIND[kind], snapshot_job=converters.job_to_proto(job),
+                kind=_KIND[kind],
+                snapshot_job=converters.job_to_proto(job),
                 progress=sps.SnapshotJobProgress(
-                    images_done=len(job.images), images_planned=job.images_planned,
-                    sprites_done=len(job.sprites), sprites_planned=job.sprites_planned))
+                    images_done=len(job.images),
+                    images_planned=job.images_planned,
+                    sprites_done=len(job.sprites),
+                    sprites_planned=job.sprites_planned,
+                ),
+            )
 
     @unary
     async def CancelSnapshotJob(
-        self, request: sps.CancelSnapshotJobRequest,
-        context: aio.ServicerContext[sps.CancelSnapshotJobRequest, sps.CancelSnapshotJobResponse], request_id: str,
+        self,
+        request: sps.CancelSnapshotJobRequest,
+        context: aio.ServicerContext[sps.CancelSnapshotJobRequest, sps.CancelSnapshotJobResponse],
+        request_id: str,
     ) -> sps.CancelSnapshotJobResponse:
         job = await self.jobs.cancel(request.snapshot_job_id)
         return sps.CancelSnapshotJobResponse(request_id=request_id, snapshot_job=converters.job_to_proto(job))
-
-
-

@@ -27,8 +27,9 @@ class LocalStore:
         # anything that would escape the bucket folder.
         problem = key_problem(key)
         if problem or "/" in bucket or bucket in ("", ".", ".."):
-            raise InvalidParameter(f"Object key {key!r} is invalid: {problem or 'bad bucket'}.",
-                                   code="InvalidParameter.ObjectKeyInvalid")
+            raise InvalidParameter(
+                f"Object key {key!r} is invalid: {problem or 'bad bucket'}.", code="InvalidParameter.ObjectKeyInvalid"
+            )
         bucket_dir = self.root / bucket
         path = bucket_dir / key
         real = Path(os.path.realpath(path))

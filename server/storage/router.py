@@ -28,7 +28,8 @@ class StorageRouter:
         raise InvalidParameter.field(
             field,
             f"Location {location!r} is not configured on this server; use one of: "
-            + ", ".join(r.pattern for r in self.routes) + ".",
+            + ", ".join(r.pattern for r in self.routes)
+            + ".",
             code="InvalidParameter.LocationInvalid",
         )
 

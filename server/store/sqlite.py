@@ -89,9 +89,13 @@ class SqliteStore:
     async def put_job(self, job: Job) -> None:
         """Insert or replace a job; returns once the write is durable."""
         row = (job.id, job.pipeline_id, job.state.value, _us(job.creation_time), codec.dumps(job))
-        await self._call(lambda c: c.execute(
-            "INSERT INTO jobs (id, pipeline_id, state, created_us, doc) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET state=excluded.state, doc=excluded.doc", row))
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO jobs (id, pipeline_id, state, created_us, doc) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET state=excluded.state, doc=excluded.doc",
+                row,
+            )
+        )
 
     async def get_jobs(self, ids: list[str]) -> dict[str, Job]:
         marks = ",".join("?" * len(ids))
@@ -104,7 +108,8 @@ class SqliteStore:
 
     async def list_jobs(self, flt: JobFilter, page_size: int, token: str) -> tuple[list[Job], str]:
         """A page of jobs, newest first, and the token of the next page ('' at the end)."""
-        where, args = ["1=1"], []
+        where: list[str] = ["1=1"]
+        args: list[str | int] = []
         if flt.state:
             where.append("state = ?")
             args.append(flt.state)
@@ -121,8 +126,10 @@ class SqliteStore:
             created, last_id = _decode_token(token)
             where.append("(created_us < ? OR (created_us = ? AND id < ?))")
             args += [created, created, last_id]
-        sql = (f"SELECT id, created_us, doc FROM jobs WHERE {' AND '.join(where)} "
-               "ORDER BY created_us DESC, id DESC LIMIT ?")
+        sql = (
+            f"SELECT id, created_us, doc FROM jobs WHERE {' AND '.join(where)} "
+            "ORDER BY created_us DESC, id DESC LIMIT ?"
+        )
         rows = await self._call(lambda c: c.execute(sql, [*args, page_size + 1]).fetchall())
         more = len(rows) > page_size
         rows = rows[:page_size]
@@ -132,24 +139,33 @@ class SqliteStore:
 
     async def jobs_in_states(self, states: tuple[JobState, ...]) -> list[Job]:
         marks = ",".join("?" * len(states))
-        rows = await self._call(lambda c: c.execute(
-            f"SELECT doc FROM jobs WHERE state IN ({marks}) ORDER BY created_us, id",
-            [s.value for s in states]).fetchall())
+        rows = await self._call(
+            lambda c: c.execute(
+                f"SELECT doc FROM jobs WHERE state IN ({marks}) ORDER BY created_us, id", [s.value for s in states]
+            ).fetchall()
+        )
         return [codec.loads(Job, r[0]) for r in rows]
 
     async def count_unfinished(self, pipeline_id: str) -> int:
-        row = await self._call(lambda c: c.execute(
-            "SELECT COUNT(*) FROM jobs WHERE pipeline_id = ? AND state IN (?, ?)",
-            (pipeline_id, JobState.SUBMITTED.value, JobState.SNAPSHOTING.value)).fetchone())
+        row = await self._call(
+            lambda c: c.execute(
+                "SELECT COUNT(*) FROM jobs WHERE pipeline_id = ? AND state IN (?, ?)",
+                (pipeline_id, JobState.SUBMITTED.value, JobState.SNAPSHOTING.value),
+            ).fetchone()
+        )
         return int(row[0])
 
     # Pipelines
 
     async def put_pipeline(self, pipeline: Pipeline) -> None:
         row = (pipeline.id, _us(pipeline.creation_time), codec.dumps(pipeline))
-        await self._call(lambda c: c.execute(
-            "INSERT INTO pipelines (id, created_us, doc) VALUES (?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET doc=excluded.doc", row))
+        await self._call(
+            lambda c: c.execute(
+                "INSERT INTO pipelines (id, created_us, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET doc=excluded.doc",
+                row,
+            )
+        )
 
     async def delete_pipeline(self, pipeline_id: str) -> None:
         await self._call(lambda c: c.execute("DELETE FROM pipelines WHERE id = ?", (pipeline_id,)))

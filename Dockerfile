@@ -1,0 +1,27 @@
+# mps-snapshot: the same install steps as scripts/setup.sh (Debian ffmpeg + the Python
+# package), on a slim Debian 12 Python image, running as a non-root user.
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY client ./client
+RUN python -m venv /opt/mps && /opt/mps/bin/pip install --no-cache-dir --upgrade pip \
+    && /opt/mps/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim-bookworm
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --create-home --home-dir /home/mps mps \
+    && mkdir -p /data && chown mps /data
+COPY --from=build /opt/mps /opt/mps
+ENV PATH=/opt/mps/bin:$PATH \
+    MPS_SNAPSHOT_DATA_DIR=/data \
+    MPS_SNAPSHOT_LISTEN=0.0.0.0:50051 \
+    MPS_SNAPSHOT_TARGET=127.0.0.1:50051
+USER mps
+VOLUME ["/data"]
+EXPOSE 50051
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 CMD ["mps-snapshot", "health"]
+STOPSIGNAL SIGTERM
+CMD ["mps-snapshot", "serve"]
