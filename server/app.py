@@ -13,9 +13,12 @@ from grpc import aio
 from server.config import Settings
 from server.jobs import JobService
 from server.media.engine import MediaEngine
+from server.notify import HttpNotifier, NotificationService
 from server.pipelines import PipelineRegistry
 from server.rpc import server as rpc_server
 from server.rpc.calls import RequestIdFilter
+from server.runner import JobRunner
+from server.scheduler import Scheduler
 from server.storage.local import LocalStore
 from server.storage.router import Route, StorageRouter
 from server.store.sqlite import SqliteStore
@@ -77,6 +80,28 @@ class App:
             pipelines=self.pipelines,
             sync_timeout_s=s.sync_timeout_s,
         )
+        self.notifications = NotificationService(
+            jobs=self.jobs,
+            registry=self.pipelines,
+            notifier=HttpNotifier(),
+            attempts=s.notify_attempts,
+            backoff_s=s.notify_backoff_s,
+        )
+        self.runner = JobRunner(
+            jobs=self.jobs,
+            engine=self.engine,
+            router=self.router,
+            ffmpeg_timeout_s=s.ffmpeg_timeout_s,
+            notify_wanted=self.notifications.wanted,
+        )
+        self.scheduler = Scheduler(
+            jobs=self.jobs,
+            runner=self.runner,
+            registry=self.pipelines,
+            notifications=self.notifications,
+            max_attempts=s.max_attempts,
+        )
+        await self.scheduler.start()
         self._server, self.health = rpc_server.build(self.jobs, self.pipelines, reflection_enabled=s.reflection)
         self.port = self._server.add_insecure_port(s.listen)
         if self.port == 0:
@@ -106,8 +131,11 @@ class App:
         if self._health_task is not None:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self._server is not None:
             await self._server.stop(grace)
+        await self.scheduler.stop(max(0.0, deadline - loop.time()))
         await self.router.close()
         await self.store.close()
         log.info("stopped")

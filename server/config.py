@@ -51,6 +51,11 @@ class Settings:
     #: Defaults for pipelines created without explicit limits.
     pipeline_max_concurrent_jobs: int = 2
     pipeline_queue_capacity: int = 1000
+    #: Times an async job is started before it is failed (a crash or restart mid-job counts).
+    max_attempts: int = 3
+    #: Completion notifications: delivery attempts, and the first retry delay (doubling).
+    notify_attempts: int = 6
+    notify_backoff_s: float = 0.5
     #: Log level name.
     log_level: str = "INFO"
     #: Storage routes, tried in order (from the TOML file's [[storage]] tables).

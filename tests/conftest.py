@@ -39,6 +39,40 @@ def videos(media_dir: Path) -> dict[str, Video]:
 
 
 @pytest.fixture(scope="session")
+def slow_video(media_dir: Path) -> Video:
+    """Long GOPs at 720p: every exact frame costs a real decode, so jobs last seconds."""
+    return make_video(media_dir / "slow.mp4", size="1280x720", rate="30", seconds=30, gop=300)
+
+
+@pytest.fixture(scope="session")
+def black_start(media_dir: Path) -> Path:
+    """Two seconds of black, then picture: for the black-frame filter."""
+    from tests.media import ffmpeg
+
+    out = media_dir / "black_start.mp4"
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=black:size=320x240:rate=25:duration=2",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25:duration=6",
+        "-filter_complex",
+        "[0][1]concat=n=2:v=1",
+        "-c:v",
+        "libx264",
+        "-g",
+        "25",
+        "-pix_fmt",
+        "yuv420p",
+        str(out),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def rotated(media_dir: Path, videos: dict[str, Video]) -> Path:
     """The main video with a 90-degree display rotation flag (a phone's portrait video)."""
     from tests.media import ffmpeg
@@ -55,7 +89,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(scope="session")
 async def app(data_dir: Path) -> AsyncIterator[App]:
-    settings = load(env={}, listen="127.0.0.1:0", data_dir=data_dir, shutdown_grace_s=1.0)
+    settings = load(env={}, listen="127.0.0.1:0", data_dir=data_dir, shutdown_grace_s=1.0, notify_backoff_s=0.05)
     application = App(settings)
     await application.start()
     yield application

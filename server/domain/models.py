@@ -144,6 +144,8 @@ class Job:
     notify_result: NotifyResult | None = None
     finish_time: datetime | None = None
     attempts: int = 0
+    #: A completion notification is owed (set with the final state, cleared once sent or given up).
+    notify_pending: bool = False
 
 
 @dataclass(frozen=True)

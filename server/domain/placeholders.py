@@ -38,6 +38,20 @@ class OutputName:
         }
         return _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.template)
 
+    def pattern(self, *, input_key: str) -> str:
+        """The name with the input's parts filled in and per-image placeholders kept."""
+        keep = ("Count", "TileCount", "SnapshotTime")
+        parts = _PLACEHOLDER.split(self.template)
+        out = []
+        for i, part in enumerate(parts):
+            if i % 2 == 0:
+                out.append(part)
+            elif part in keep:
+                out.append("{" + part + "}")
+            else:
+                out.append(OutputName("{" + part + "}").render(input_key=input_key))
+        return "".join(out)
+
 
 def parse_output_name(template: str, field: str, allowed: frozenset[str]) -> OutputName:
     for name in _PLACEHOLDER.findall(template):

@@ -14,7 +14,7 @@ from pathlib import Path
 from server.domain.models import FrameType
 from server.media import probe as probe_mod
 from server.media import process
-from server.media.snapshot import Frame, Source, capture_exact, capture_keyframe
+from server.media.snapshot import Frame, Source, capture_exact, capture_keyframe, first_non_black
 from server.storage.base import InputHandle
 
 
@@ -125,4 +125,25 @@ class MediaEngine:
                 workdir=workdir,
                 limits=limits,
                 max_bytes=self._max_image_bytes,
+            )
+
+    async def first_non_black(
+        self,
+        handle: InputHandle,
+        *,
+        window_s: float,
+        level: int,
+        pixel_threshold: int,
+        workdir: Path,
+        wall_seconds: float,
+    ) -> float | None:
+        async with self._slot():
+            return await first_non_black(
+                self.ffmpeg,
+                Source(handle.url, handle.protocols),
+                window_s=window_s,
+                level=level,
+                pixel_threshold=pixel_threshold,
+                workdir=workdir,
+                limits=self.limits(wall_seconds),
             )

@@ -223,3 +223,34 @@ async def capture_keyframe(
     _, best = min(candidates)
     w, h = check_jpeg(files[best], max_bytes)
     return Frame(files[best], times[best], w, h)
+
+
+_BLACK = re.compile(r"Parsed_blackframe.*?\bpblack:(\d+)\s+pts:(-?\d+)\s+t:(-?[0-9.]+)")
+
+
+def black_scan_argv(ffmpeg_bin: str, src: Source, *, window_s: float, pixel_threshold: int) -> list[str]:
+    """Decode the first ``window_s`` seconds small and report every frame's share of black pixels."""
+    stream = ffmpeg.input(src.url, t=f"{window_s:.3f}", **_input_kwargs(src))["v:0"]
+    # amount=0 makes blackframe report every frame, black or not, with its pblack.
+    stream = stream.filter("scale", w=160, h=-2).filter("blackframe", amount=0, threshold=pixel_threshold)
+    return _compile(stream.output("-", f="null"), ffmpeg_bin)
+
+
+async def first_non_black(
+    ffmpeg_bin: str,
+    src: Source,
+    *,
+    window_s: float,
+    level: int,
+    pixel_threshold: int,
+    workdir: Path,
+    limits: process.Limits,
+) -> float | None:
+    """Media time (s) of the first frame whose black share is below ``level`` percent."""
+    result = await _run(
+        black_scan_argv(ffmpeg_bin, src, window_s=window_s, pixel_threshold=pixel_threshold), limits, workdir
+    )
+    for match in _BLACK.finditer(result.stderr):
+        if int(match.group(1)) < level:
+            return float(match.group(3))
+    return None

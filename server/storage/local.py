@@ -72,8 +72,19 @@ class LocalStore:
                 tmp.unlink()
 
     async def delete(self, bucket: str, key: str) -> None:
-        path = self.path(bucket, key)
-        await asyncio.to_thread(path.unlink, True)
+        await asyncio.to_thread(self._delete, self.path(bucket, key), self.root / bucket)
+
+    @staticmethod
+    def _delete(path: Path, bucket_dir: Path) -> None:
+        path.unlink(missing_ok=True)
+        # Folders only exist here to hold keys: like an S3 prefix, one disappears with its last key.
+        parent = path.parent
+        while parent != bucket_dir and parent.is_relative_to(bucket_dir):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
     async def close(self) -> None:
         return None
