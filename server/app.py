@@ -79,6 +79,7 @@ class App:
             engine=self.engine,
             pipelines=self.pipelines,
             sync_timeout_s=s.sync_timeout_s,
+            max_sprite_pixels=s.max_sprite_pixels,
         )
         self.notifications = NotificationService(
             jobs=self.jobs,
@@ -93,6 +94,7 @@ class App:
             router=self.router,
             ffmpeg_timeout_s=s.ffmpeg_timeout_s,
             notify_wanted=self.notifications.wanted,
+            max_sprite_pixels=s.max_sprite_pixels,
         )
         self.scheduler = Scheduler(
             jobs=self.jobs,

@@ -42,6 +42,8 @@ class Settings:
     ffmpeg_memory_mb: int = 4096
     #: Largest snapshot image accepted from ffmpeg, in bytes.
     max_image_bytes: int = 32 * 1024 * 1024
+    #: Largest sprite accepted, in pixels (width x height); JPEG also caps a side at 65,500.
+    max_sprite_pixels: int = 128_000_000
     #: Probe results kept in memory (keyed by object version).
     probe_cache_entries: int = 512
     #: Expose gRPC server reflection.

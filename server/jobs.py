@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
-from server.domain import validation
+from server.domain import planning, sprites, validation
 from server.domain.errors import (
     InternalError,
     InvalidParameter,
@@ -58,12 +58,14 @@ class JobService:
         engine: MediaEngine,
         pipelines: PipelineRegistry,
         sync_timeout_s: float,
+        max_sprite_pixels: int = 128_000_000,
     ) -> None:
         self.store = store
         self.router = router
         self.engine = engine
         self.pipelines = pipelines
         self.sync_timeout_s = sync_timeout_s
+        self.max_sprite_pixels = max_sprite_pixels
         self.events = JobEvents()
         #: Set by the scheduler: commits and queues an async job.
         self.submit_async: AsyncSubmit | None = None
@@ -96,12 +98,39 @@ class JobService:
             is_async=valid.is_async,
         )
         if valid.is_async:
+            if valid.config.tile_out is not None:
+                await self._check_sprites(valid, in_store, head, time_remaining)
             if self.submit_async is None:
                 raise InvalidParameter(
                     "Asynchronous jobs are not enabled on this server.", code="InvalidParameter.NotSupported"
                 )
             return await self.submit_async(job, valid)
         return await self._run_sync(job, valid, in_store, head, time_remaining)
+
+    async def _check_sprites(
+        self, valid: validation.ValidRequest, in_store: ObjectStore, head: ObjectInfo, time_remaining: float | None
+    ) -> None:
+        """Sprite rules that need the video's size and duration, checked before the job is
+        accepted: the sprite's pixel size, and {TileCount} when more than one sprite results."""
+        config = valid.config
+        assert config.tile_out is not None and valid.tile_name is not None
+        handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
+        limit = self.sync_timeout_s if time_remaining is None else min(self.sync_timeout_s, time_remaining)
+        info = await self.engine.probe(handle, (id(in_store), valid.input.bucket, valid.input_key, head.version), limit)
+        lay = sprites.layout(config.tile_out, info.output_size(config.width, config.height), valid.background)
+        sprites.check_size(lay, self.max_sprite_pixels)
+        try:
+            points = len(planning.plan(config, info.duration_s).points)
+        except MpsError:
+            return  # the job itself fails with this error, as MPS reports it
+        cells = lay.cells_for(points)
+        count = lay.sprites_for(cells)
+        if count > 1 and "TileCount" not in valid.tile_name.names:
+            raise InvalidParameter.field(
+                "snapshot_config.tile_output_file.object",
+                f"This job fills {count} sprites ({cells} cells, {lay.cells_per_sprite} per sprite), so "
+                "TileOutputFile.Object must contain {TileCount} (for example sprite-{TileCount}.jpg).",
+            )
 
     async def _run_sync(
         self,

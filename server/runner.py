@@ -10,18 +10,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import posixpath
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
-from server.domain import planning, validation
+from server.domain import planning, sprites, validation
 from server.domain.errors import InternalError, MpsError, ResourceContentBad
-from server.domain.models import FrameType, Job, JobState, SnapshotImage
+from server.domain.models import FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
 from server.media.engine import MediaEngine
 from server.media.probe import MediaInfo
 from server.media.snapshot import Frame
+from server.media.sprite import SpriteCanvas
 from server.storage.base import InputHandle, ObjectStore
 from server.storage.router import StorageRouter
 
@@ -55,12 +57,14 @@ class JobRunner:
         router: StorageRouter,
         ffmpeg_timeout_s: float,
         notify_wanted: Callable[[Job], bool],
+        max_sprite_pixels: int,
     ) -> None:
         self.jobs = jobs
         self.engine = engine
         self.router = router
         self.timeout = ffmpeg_timeout_s
         self.notify_wanted = notify_wanted
+        self.max_sprite_pixels = max_sprite_pixels
 
     async def run(self, job: Job) -> Job:
         """Run a job already committed as Snapshoting; return it committed in its final state.
@@ -113,48 +117,19 @@ class JobRunner:
             handle, (id(in_store), valid.input.bucket, valid.input_key, head.version), self.timeout
         )
         the_plan = planning.plan(valid.config, info.duration_s)
-        job = dataclasses.replace(job, images_planned=len(the_plan.points), images=(), count=0)
+        outputs = _Outputs(self, job, valid, info, out_store, written)
+        points = outputs.points_to_capture(the_plan)
+        job = outputs.start(the_plan)
         async with self.engine.workdir(job.id) as workdir:
             first_override = await self._skip_black(handle, the_plan, workdir)
-            images: list[SnapshotImage] = []
-            last_commit = time.monotonic()
-            frames = self._frames(handle, info, valid, the_plan, first_override, workdir)
+            frames = self._frames(handle, info, valid, points, first_override, workdir)
             async with contextlib.aclosing(frames):
                 async for point, frame in frames:
-                    if frame is None or (
-                        images
-                        and abs(frame.time_s * 1000 - images[-1].time_ms) < 0.001
-                        and valid.frame_type is FrameType.INTRA
-                    ):
+                    if frame is None or outputs.repeats(frame):
                         continue  # intra: no keyframe near this point, or the same keyframe again
-                    count = len(images) + 1
-                    key = valid.output_name.render(
-                        input_key=valid.input_key, count=count, snapshot_time_ms=point.time_ms
-                    )
-                    written.items.append((out_store, valid.output_file.bucket, key))
-                    await out_store.put_file(valid.output_file.bucket, key, frame.path, "image/jpeg")
-                    frame.path.unlink(missing_ok=True)
-                    images.append(
-                        SnapshotImage(
-                            object=key,
-                            time_ms=media_time_ms(frame.time_s),
-                            requested_time_ms=point.time_ms,
-                            width=frame.width,
-                            height=frame.height,
-                        )
-                    )
-                    job = dataclasses.replace(job, images=tuple(images), count=len(images))
-                    if time.monotonic() - last_commit >= _COMMIT_EVERY_S:
-                        await self.jobs.save(job, "image")
-                        last_commit = time.monotonic()
-                    else:
-                        self.jobs.events.publish("image", job)
-        if not images:
-            raise ResourceContentBad(
-                "No image could be taken: no keyframe lies near any requested time; "
-                "use FrameType normal, or a longer Interval."
-            )
-        return dataclasses.replace(job, state=JobState.SUCCESS)
+                    await outputs.add(point, frame, workdir)
+            await outputs.finish(workdir)
+        return outputs.job
 
     async def _skip_black(self, handle: InputHandle, the_plan: planning.Plan, workdir: Path) -> float | None:
         if the_plan.black is None or not the_plan.points:
@@ -174,7 +149,7 @@ class JobRunner:
         handle: InputHandle,
         info: MediaInfo,
         valid: validation.ValidRequest,
-        the_plan: planning.Plan,
+        points: list[planning.Point],
         first_override: float | None,
         workdir: Path,
     ) -> AsyncGenerator[tuple[planning.Point, Frame | None], None]:
@@ -220,7 +195,7 @@ class JobRunner:
             return frame
 
         try:
-            for index, point in enumerate(the_plan.points):
+            for index, point in enumerate(points):
                 pending.append((point, asyncio.create_task(capture(index, point))))
                 if len(pending) >= window:
                     head_point, task = pending.popleft()
@@ -232,3 +207,240 @@ class JobRunner:
             for _, task in pending:
                 task.cancel()
             await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+
+
+class _Outputs:
+    """What a run writes: single images (if kept), sprites filled cell by cell (one in
+    memory at a time), then the WebVTT and JSON storyboards. Keeps the job's progress."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        job: Job,
+        valid: validation.ValidRequest,
+        info: MediaInfo,
+        out_store: ObjectStore,
+        written: _Written,
+    ) -> None:
+        self.runner = runner
+        self.job = job
+        self.valid = valid
+        self.info = info
+        self.out_store = out_store
+        self.written = written
+        config = valid.config
+        self.keep = validation.keeps_cell_pics(config)
+        self.tile_store = out_store
+        self.layout: sprites.Layout | None = None
+        if config.tile_out is not None and valid.tile_name is not None and config.tile_output_file is not None:
+            self.tile_store = runner.router.for_location(
+                config.tile_output_file.location, "snapshot_config.tile_output_file.location"
+            )
+            self.layout = sprites.layout(
+                config.tile_out, info.output_size(config.width, config.height), valid.background
+            )
+            sprites.check_size(self.layout, runner.max_sprite_pixels)
+        self.images: list[SnapshotImage] = []
+        self.sprites: list[SpriteImage] = []
+        self.tiles: list[sprites.Tile] = []
+        self.taken = 0
+        self.last_time: float | None = None
+        self.canvas: SpriteCanvas | None = None
+        self.prefiltered = False
+        self.step_count = 0
+        self.last_commit = time.monotonic()
+
+    def points_to_capture(self, the_plan: planning.Plan) -> list[planning.Point]:
+        points = list(the_plan.points)
+        lay = self.layout
+        # Without single images, only cells need capturing; exact frames are never
+        # skipped, so every step-th point is known to be a cell up front.
+        if lay is not None and not self.keep and lay.step > 1 and self.valid.frame_type is FrameType.NORMAL:
+            self.prefiltered = True
+            self.step_count = len(points)
+            points = points[:: lay.step]
+        return points
+
+    def start(self, the_plan: planning.Plan) -> Job:
+        planned = len(the_plan.points)
+        sprites_planned = self.layout.sprites_for(self.layout.cells_for(planned)) if self.layout else 0
+        self.job = dataclasses.replace(
+            self.job,
+            images_planned=planned if self.keep else 0,
+            sprites_planned=sprites_planned,
+            images=(),
+            sprites=(),
+            count=0,
+            tile_count=0,
+        )
+        return self.job
+
+    def repeats(self, frame: Frame) -> bool:
+        return (
+            self.valid.frame_type is FrameType.INTRA
+            and self.last_time is not None
+            and abs(frame.time_s - self.last_time) < 1e-6
+        )
+
+    async def add(self, point: planning.Point, frame: Frame, workdir: Path) -> None:
+        valid = self.valid
+        index = self.taken
+        self.taken += 1
+        self.last_time = frame.time_s
+        kind = "state"
+        if self.keep:
+            key = valid.output_name.render(
+                input_key=valid.input_key, count=len(self.images) + 1, snapshot_time_ms=point.time_ms
+            )
+            self.written.items.append((self.out_store, valid.output_file.bucket, key))
+            await self.out_store.put_file(valid.output_file.bucket, key, frame.path, "image/jpeg")
+            self.images.append(
+                SnapshotImage(
+                    object=key,
+                    time_ms=media_time_ms(frame.time_s),
+                    requested_time_ms=point.time_ms,
+                    width=frame.width,
+                    height=frame.height,
+                )
+            )
+            kind = "image"
+        lay = self.layout
+        if lay is not None and (self.prefiltered or index % lay.step == 0):
+            if self.canvas is None:
+                self.canvas = SpriteCanvas(lay)
+            canvas = self.canvas
+            x, y, w, h = await asyncio.to_thread(canvas.add, frame.path)
+            self.tiles.append(
+                sprites.Tile(
+                    sprite=self._sprite_key(len(self.sprites) + 1),
+                    x=x,
+                    y=y,
+                    width=w,
+                    height=h,
+                    time_ms=media_time_ms(frame.time_s),
+                    requested_ms=point.time_ms,
+                )
+            )
+            if canvas.full:
+                await self._write_sprite(workdir)
+                kind = "sprite"
+        frame.path.unlink(missing_ok=True)
+        await self._progress(kind)
+
+    def _sprite_key(self, number: int) -> str:
+        assert self.valid.tile_name is not None
+        return self.valid.tile_name.render(input_key=self.valid.input_key, tile_count=number)
+
+    async def _write_sprite(self, workdir: Path) -> None:
+        canvas = self.canvas
+        config = self.valid.config
+        assert canvas is not None and config.tile_output_file is not None
+        self.canvas = None
+        number = len(self.sprites) + 1
+        path = workdir / f"sprite{number:05d}.jpg"
+        await asyncio.to_thread(canvas.save, path)
+        key = self._sprite_key(number)
+        bucket = config.tile_output_file.bucket
+        self.written.items.append((self.tile_store, bucket, key))
+        await self.tile_store.put_file(bucket, key, path, "image/jpeg")
+        path.unlink(missing_ok=True)
+        self.sprites.append(
+            SpriteImage(object=key, cell_count=canvas.cells, width=canvas.layout.width, height=canvas.layout.height)
+        )
+
+    async def _progress(self, kind: str) -> None:
+        count = self.step_count_so_far()
+        self.job = dataclasses.replace(
+            self.job, images=tuple(self.images), count=count, sprites=tuple(self.sprites), tile_count=len(self.sprites)
+        )
+        if kind == "state":
+            return
+        if time.monotonic() - self.last_commit >= _COMMIT_EVERY_S:
+            await self.runner.jobs.save(self.job, kind)
+            self.last_commit = time.monotonic()
+        else:
+            self.runner.jobs.events.publish(kind, self.job)
+
+    def step_count_so_far(self) -> int:
+        if self.prefiltered and self.layout is not None:
+            # Only every step-th snapshot was decoded; Count still reports the snapshots
+            # the request asked for up to this point.
+            return min(self.step_count, self.taken * self.layout.step)
+        return self.taken
+
+    async def finish(self, workdir: Path) -> None:
+        if self.canvas is not None and self.canvas.cells:
+            await self._write_sprite(workdir)
+            await self._progress("sprite")
+        if self.taken == 0:
+            raise ResourceContentBad(
+                "No image could be taken: no keyframe lies near any requested time; "
+                "use FrameType normal, or a longer Interval."
+            )
+        if self.valid.config.format.lower() == "vtt":
+            await self._write_vtt(workdir)
+        if self.sprites and self.layout is not None:
+            await self._write_storyboard(workdir)
+        self.job = dataclasses.replace(
+            self.job,
+            state=JobState.SUCCESS,
+            count=self.step_count_so_far(),
+            images=tuple(self.images),
+            sprites=tuple(self.sprites),
+            tile_count=len(self.sprites),
+        )
+
+    def _beside(self, key: str, extension: str) -> str:
+        folder = posixpath.dirname(key)
+        name = sprites_name(self.valid.input_key) + extension
+        return f"{folder}/{name}" if folder else name
+
+    async def _put_text(
+        self, store: ObjectStore, bucket: str, key: str, text: str, content_type: str, workdir: Path
+    ) -> None:
+        path = workdir / f"text-{len(self.written.items)}"
+        await asyncio.to_thread(path.write_text, text, "utf-8")
+        self.written.items.append((store, bucket, key))
+        await store.put_file(bucket, key, path, content_type)
+        path.unlink(missing_ok=True)
+
+    async def _write_vtt(self, workdir: Path) -> None:
+        config = self.valid.config
+        duration_ms = self.info.duration_s * 1000
+        spt_frag = bool(config.sub_out_is_spt_frag) and bool(self.sprites)
+        if spt_frag:
+            assert config.tile_output_file is not None
+            store, bucket = self.tile_store, config.tile_output_file.bucket
+            key = self._beside(self.sprites[0].object, ".vtt")
+            targets = [f"{sprites.relative(key, t.sprite)}#xywh={t.x},{t.y},{t.width},{t.height}" for t in self.tiles]
+            times = [t.requested_ms for t in self.tiles]
+        elif self.images:
+            store, bucket = self.out_store, self.valid.output_file.bucket
+            key = self._beside(self.images[0].object, ".vtt")
+            targets = [sprites.relative(key, i.object) for i in self.images]
+            times = [i.requested_time_ms for i in self.images]
+        else:
+            raise ResourceContentBad(
+                "Format vtt needs images to point at: keep the single snapshots "
+                "(IsKeepCellPic true) or set SubOut.IsSptFrag true with TileOut."
+            )
+        text = sprites.webvtt(sprites.cues(times, targets, duration_ms))
+        await self._put_text(store, bucket, key, text, "text/vtt", workdir)
+        self.job = dataclasses.replace(self.job, web_vtt_object=key)
+
+    async def _write_storyboard(self, workdir: Path) -> None:
+        config = self.valid.config
+        assert self.layout is not None and config.tile_output_file is not None
+        key = self._beside(self.sprites[0].object, ".json")
+        text = sprites.storyboard_json(
+            self.tiles, self.layout, self.info.duration_s * 1000, [s.object for s in self.sprites], key
+        )
+        await self._put_text(self.tile_store, config.tile_output_file.bucket, key, text, "application/json", workdir)
+        self.job = dataclasses.replace(self.job, storyboard_object=key)
+
+
+def sprites_name(input_key: str) -> str:
+    """The input's file name without extension: storyboards are named after the video."""
+    base = posixpath.basename(input_key)
+    stem, dot, _ = base.rpartition(".")
+    return stem if dot and stem else base

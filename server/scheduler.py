@@ -14,7 +14,7 @@ import logging
 from collections import deque
 
 from server.domain import planning
-from server.domain.errors import InvalidParameter, InvalidState, QueueFull, ServiceUnavailable
+from server.domain.errors import InvalidState, QueueFull, ServiceUnavailable
 from server.domain.models import Job, JobState, Pipeline, PipelineState
 from server.domain.validation import ValidRequest
 from server.jobs import JobService, now
@@ -152,11 +152,6 @@ class Scheduler:
         if self._stopping:
             raise ServiceUnavailable("The server is shutting down; submit the job again in a moment.")
         planning.check_async_config(valid.config)
-        if valid.config.tile_out is not None or valid.config.format.lower() == "vtt":
-            raise InvalidParameter(
-                "TileOut sprites and Format vtt are not available on this server yet.",
-                code="InvalidParameter.NotSupported",
-            )
         runtime = self.runtimes[job.pipeline_id]
         if not runtime.has_room():
             raise QueueFull(

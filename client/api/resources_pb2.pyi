@@ -482,6 +482,8 @@ class SnapshotJob(_message.Message):
     FINISH_TIME_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WEB_VTT_OBJECT_FIELD_NUMBER: _builtins.int
+    STORYBOARD_OBJECT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job id: 32 lowercase hexadecimal characters."""
     state: _builtins.str
@@ -504,6 +506,14 @@ class SnapshotJob(_message.Message):
     """How many times a worker has started the job (beyond MPS; above 1 after a restart)."""
     request_id: _builtins.str
     """The request id of the SubmitSnapshotJob call that created the job (beyond MPS)."""
+    web_vtt_object: _builtins.str
+    """The WebVTT thumbnail track written (format "vtt"), in the bucket of the images it
+    points at (output_file's, or tile_output_file's with sub_out.is_spt_frag); empty if none.
+    """
+    storyboard_object: _builtins.str
+    """The JSON storyboard written beside the sprites (every tile's sprite, position, size and
+    media time; schema in docs/sprites.md), in tile_output_file's bucket; empty if none.
+    """
     @_builtins.property
     def input(self) -> Global___OSSFile:
         """The input video (echo of the request)."""
@@ -552,10 +562,12 @@ class SnapshotJob(_message.Message):
         finish_time: _timestamp_pb2.Timestamp | None = ...,
         attempts: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        web_vtt_object: _builtins.str = ...,
+        storyboard_object: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "finish_time", b"finish_time", "input", b"input", "mns_message_result", b"mns_message_result", "snapshot_config", b"snapshot_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "code", b"code", "count", b"count", "creation_time", b"creation_time", "finish_time", b"finish_time", "id", b"id", "images", b"images", "input", b"input", "message", b"message", "mns_message_result", b"mns_message_result", "pipeline_id", b"pipeline_id", "request_id", b"request_id", "snapshot_config", b"snapshot_config", "sprites", b"sprites", "state", b"state", "tile_count", b"tile_count", "user_data", b"user_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "code", b"code", "count", b"count", "creation_time", b"creation_time", "finish_time", b"finish_time", "id", b"id", "images", b"images", "input", b"input", "message", b"message", "mns_message_result", b"mns_message_result", "pipeline_id", b"pipeline_id", "request_id", b"request_id", "snapshot_config", b"snapshot_config", "sprites", b"sprites", "state", b"state", "storyboard_object", b"storyboard_object", "tile_count", b"tile_count", "user_data", b"user_data", "web_vtt_object", b"web_vtt_object"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

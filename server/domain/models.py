@@ -144,6 +144,9 @@ class Job:
     notify_result: NotifyResult | None = None
     finish_time: datetime | None = None
     attempts: int = 0
+    #: The WebVTT thumbnail track and the JSON storyboard written, if any.
+    web_vtt_object: str = ""
+    storyboard_object: str = ""
     #: A completion notification is owed (set with the final state, cleared once sent or given up).
     notify_pending: bool = False
 

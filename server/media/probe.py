@@ -24,17 +24,37 @@ class MediaInfo:
     format_name: str
     video_codec: str
     start_time_s: float = 0.0
+    sample_aspect: Fraction = Fraction(1)
 
     @property
     def frame_duration_s(self) -> float:
         return float(1 / self.frame_rate) if self.frame_rate > 0 else 0.04
 
+    def _oriented(self) -> tuple[int, int, Fraction]:
+        """Width, height and sample aspect ratio after ffmpeg's auto-rotation (a quarter
+        turn swaps the sides and inverts the sample aspect ratio, as its transpose does)."""
+        if self.rotation % 180:
+            return self.height, self.width, 1 / self.sample_aspect
+        return self.width, self.height, self.sample_aspect
+
     @property
     def display_size(self) -> tuple[int, int]:
-        """Width and height as shown: after rotation (ffmpeg auto-rotates)."""
-        if self.rotation % 180:
-            return self.height, self.width
-        return self.width, self.height
+        """The size a snapshot gets with no Width/Height: what a player shows."""
+        return self.output_size(None, None)
+
+    def output_size(self, width: int | None, height: int | None) -> tuple[int, int]:
+        """The snapshot size ffmpeg produces for the requested Width/Height; mirrors the
+        expressions in snapshot._scaled (which truncate after adding 0.5)."""
+        iw, ih, sar = self._oriented()
+        dar = iw * sar / ih
+        half = Fraction(1, 2)
+        if width and height:
+            return width, height
+        if width:
+            return width, int(width / dar + half)
+        if height:
+            return int(height * dar + half), height
+        return int(iw * sar + half), ih
 
 
 def probe_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
@@ -114,6 +134,7 @@ def parse_probe(output: bytes) -> MediaInfo:
         format_name=str(fmt.get("format_name", "")),
         video_codec=str(video.get("codec_name", "")),
         start_time_s=start if math.isfinite(start := _float(fmt.get("start_time"))) else 0.0,
+        sample_aspect=_fraction(str(video.get("sample_aspect_ratio", "1:1")).replace(":", "/")) or Fraction(1),
     )
 
 

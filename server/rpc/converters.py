@@ -129,6 +129,8 @@ def job_to_proto(job: Job) -> res.SnapshotJob:
         pipeline_id=job.pipeline_id,
         attempts=job.attempts,
         request_id=job.request_id,
+        web_vtt_object=job.web_vtt_object,
+        storyboard_object=job.storyboard_object,
     )
     if req.input is not None:
         msg.input.CopyFrom(ref_to_proto(req.input))

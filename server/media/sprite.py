@@ -1,0 +1,45 @@
+"""Composing sprite sheets with Pillow, one sprite in memory at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from server.domain.sprites import Layout, fit
+
+SPRITE_QUALITY = 95
+RESAMPLE = Image.Resampling.LANCZOS
+
+
+class SpriteCanvas:
+    """One sprite being filled. Methods block (image work): call them in a thread."""
+
+    def __init__(self, lay: Layout) -> None:
+        self.layout = lay
+        self.image = Image.new("RGB", (lay.width, lay.height), lay.background)
+        self.cells = 0
+
+    @property
+    def full(self) -> bool:
+        return self.cells >= self.layout.cells_per_sprite
+
+    def add(self, frame_path: Path) -> tuple[int, int, int, int]:
+        """Paste a snapshot into the next cell, scaled to fit and centred on the background.
+
+        Returns the cell's box (x, y, width, height) in the sprite.
+        """
+        x, y, cw, ch = self.layout.cell_box(self.cells)
+        with Image.open(frame_path) as source:
+            frame = source.convert("RGB")
+        ox, oy, w, h = fit(frame.size, (cw, ch))
+        if (w, h) != frame.size:
+            frame = frame.resize((w, h), RESAMPLE)
+        self.image.paste(frame, (x + ox, y + oy))
+        self.cells += 1
+        return x, y, cw, ch
+
+    def save(self, path: Path) -> None:
+        # 4:4:4 keeps the background colour exact up to the cell edges.
+        self.image.save(path, "JPEG", quality=SPRITE_QUALITY, subsampling=0)
+        self.image.close()
