@@ -15,6 +15,7 @@ from client.api import pipeline_service_pb2_grpc as pps_grpc
 from client.api import resources_pb2 as res
 from client.api import snapshot_service_pb2 as sps
 from client.api import snapshot_service_pb2_grpc as sps_grpc
+from client.auth import access_key_interceptors
 from client.errors import ResourceNotFoundError, from_rpc_error
 
 T = TypeVar("T")
@@ -37,10 +38,30 @@ class SnapshotClient:
     """
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, *, channel: aio.Channel | None = None, timeout: float | None = 30.0
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: aio.Channel | None = None,
+        timeout: float | None = 30.0,
+        access_key_id: str = "",
+        access_key_secret: str = "",
+        auth_mode: str = "hmac",
+        root_certificates: bytes | None = None,
+        client_certificate: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """``access_key_id``/``access_key_secret`` sign every call (``auth_mode`` "hmac" or
+        "bearer"); ``root_certificates`` switches to TLS, and ``client_certificate`` (key, chain)
+        presents a client certificate for mutual TLS."""
         self._own_channel = channel is None
-        self.channel = channel or aio.insecure_channel(target)
+        interceptors = access_key_interceptors(access_key_id, access_key_secret, auth_mode) if access_key_id else []
+        if channel is None:
+            if root_certificates is not None or client_certificate is not None:
+                key, chain = client_certificate or (None, None)
+                creds = grpc.ssl_channel_credentials(root_certificates, key, chain)
+                channel = aio.secure_channel(target, creds, interceptors=interceptors)
+            else:
+                channel = aio.insecure_channel(target, interceptors=interceptors)
+        self.channel = channel
         self.timeout = timeout
         self.snapshots = sps_grpc.SnapshotServiceStub(self.channel)
         self.pipelines = pps_grpc.PipelineServiceStub(self.channel)

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from client import mps_json
 from client._client import DEFAULT_TARGET, SnapshotClient
+from client.auth import derive_key
 from client.errors import MpsApiError
 
 
@@ -34,8 +35,23 @@ def _print(message: object) -> None:
     print(mps_json.to_json(message))  # type: ignore[arg-type]
 
 
+def _client(args: argparse.Namespace) -> SnapshotClient:
+    ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    cert = None
+    if args.tls_cert:
+        cert = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
+    return SnapshotClient(
+        args.target,
+        access_key_id=args.access_key_id,
+        access_key_secret=args.access_key_secret,
+        auth_mode=args.auth_mode,
+        root_certificates=ca,
+        client_certificate=cert,
+    )
+
+
 async def _client_command(args: argparse.Namespace) -> int:
-    async with SnapshotClient(args.target) as client:
+    async with _client(args) as client:
         if args.command == "health":
             status = await client.health(timeout=args.timeout)
             print(status)
@@ -113,6 +129,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT (env MPS_SNAPSHOT_LISTEN; default 127.0.0.1:50051)")
     serve.add_argument("--data-dir", help="storage and database folder (env MPS_SNAPSHOT_DATA_DIR; default ./data)")
     serve.add_argument("--config", help="TOML settings file (env MPS_SNAPSHOT_CONFIG)")
+    hashing = sub.add_parser("hash-secret", help="print the access_key_hash to configure for a secret")
+    hashing.add_argument("--secret", help="the secret (default: read from standard input)")
     put = sub.add_parser("put", help="copy a local file into the embedded store")
     put.add_argument("file")
     put.add_argument("dest", help="BUCKET/KEY")
@@ -128,6 +146,24 @@ def parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--target", default=target, help=f"server address (env MPS_SNAPSHOT_TARGET; {target})")
+        cmd.add_argument(
+            "--access-key-id",
+            default=os.environ.get("MPS_SNAPSHOT_ACCESS_KEY_ID", ""),
+            help="sign calls with this access key (env MPS_SNAPSHOT_ACCESS_KEY_ID)",
+        )
+        cmd.add_argument(
+            "--access-key-secret",
+            default=os.environ.get("MPS_SNAPSHOT_ACCESS_KEY_SECRET", ""),
+            help="its secret (env MPS_SNAPSHOT_ACCESS_KEY_SECRET)",
+        )
+        cmd.add_argument("--auth-mode", default="hmac", choices=["hmac", "bearer"])
+        cmd.add_argument(
+            "--tls-ca",
+            default=os.environ.get("MPS_SNAPSHOT_TLS_CA", ""),
+            help="CA certificate (PEM) to verify the server; turns TLS on",
+        )
+        cmd.add_argument("--tls-cert", default="", help="client certificate chain (PEM) for mutual TLS")
+        cmd.add_argument("--tls-key", default="", help="client private key (PEM) for mutual TLS")
         if name == "health":
             cmd.add_argument("--timeout", type=float, default=3.0)
         elif name == "snapshot":
@@ -157,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "put":
             return _put(args)
+        if args.command == "hash-secret":
+            secret = args.secret if args.secret is not None else sys.stdin.readline().rstrip("\n")
+            print(derive_key(secret))
+            return 0
         if args.command == "submit":
             args.text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         return asyncio.run(_client_command(args))

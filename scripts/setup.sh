@@ -28,3 +28,31 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${EXTRA}"
     touch "$STAMP"
 fi
+
+if [ "${1:-}" = "--dev" ]; then
+    # The Node.js client (clients/node): npm packages from package-lock.json, only when the
+    # lock file is newer than the last install (npm writes node_modules/.package-lock.json).
+    if command -v npm >/dev/null; then
+        if [ ! -f clients/node/node_modules/.package-lock.json ] \
+            || [ clients/node/package-lock.json -nt clients/node/node_modules/.package-lock.json ]; then
+            echo "== installing Node.js packages (clients/node)"
+            (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
+        fi
+    else
+        echo "== npm not found: the Node.js client test (tests/test_node_client.py) will be skipped"
+    fi
+
+    # The Go client (clients/go): Debian's Go toolchain and gRPC/protobuf sources (GOPATH
+    # mode, no module downloads). golang-github-golang-protobuf-1-5-dev replaces the 1-3
+    # package, whose generated-code runtime panics with current protoc-gen-go output.
+    GO_PACKAGES=(golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
+        golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev)
+    if command -v apt-get >/dev/null && ! dpkg -s "${GO_PACKAGES[@]}" >/dev/null 2>&1; then
+        echo "== installing Go, protoc and gRPC packages for clients/go (Debian packages)"
+        SUDO=""
+        if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${GO_PACKAGES[@]}" >/dev/null
+    fi
+fi

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 
@@ -19,8 +20,13 @@ from server.rpc import server as rpc_server
 from server.rpc.calls import RequestIdFilter
 from server.runner import JobRunner
 from server.scheduler import Scheduler
+from server.security.authn import Authenticator, Principal
+from server.security.guard import Guard
+from server.security.policy import Effect, Statement
+from server.security.ratelimit import RateLimiter
 from server.storage.local import LocalStore
 from server.storage.router import Route, StorageRouter
+from server.storage.s3 import S3Options, S3Store, open_stores
 from server.store.sqlite import SqliteStore
 
 log = logging.getLogger("mps_snapshot")
@@ -36,12 +42,49 @@ def configure_logging(level: str) -> None:
 
 
 def build_router(settings: Settings, local: LocalStore) -> StorageRouter:
+    """Routes in order; S3 routes with equal settings share one S3Store (one client)."""
     routes = []
+    s3_stores: dict[S3Options, S3Store] = {}
     for route in settings.storage:
-        if route.kind != "local":
-            raise ValueError(f"storage route {route.location!r}: unknown kind {route.kind!r}")
-        routes.append(Route(route.location, local))
+        if route.kind == "local":
+            routes.append(Route(route.location, local))
+        elif route.kind == "s3":
+            options = S3Options.from_route(route, settings.max_input_bytes)
+            routes.append(Route(route.location, s3_stores.setdefault(options, S3Store(options))))
+        else:
+            raise ValueError(f"storage route {route.location!r}: unknown kind {route.kind!r} (use local or s3)")
     return StorageRouter(routes)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Safe defaults: without principals the server answers anyone who can reach it, so it
+    may only listen on loopback unless the operator says otherwise."""
+    host = settings.listen.rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not settings.principals and not settings.allow_insecure:
+        raise SystemExit(
+            f"refusing to listen on {settings.listen} without authentication: configure [[principals]] "
+            "(see docs/security.md), listen on 127.0.0.1, or set allow_insecure = true "
+            "(MPS_SNAPSHOT_ALLOW_INSECURE=1) if something else protects this port."
+        )
+
+
+def build_guard(settings: Settings) -> Guard:
+    principals = [
+        Principal(
+            name=p.name or p.access_key_id or p.cert_cn,
+            access_key_id=p.access_key_id,
+            key_hash=p.access_key_hash.lower(),
+            cert_cn=p.cert_cn,
+            statements=tuple(Statement(Effect(st.effect), st.actions, st.resources) for st in p.statements),
+        )
+        for p in settings.principals
+    ]
+    limits = {"submit": settings.rate_submit, "query": settings.rate_query, "pipeline": settings.rate_pipeline}
+    return Guard(Authenticator(principals), RateLimiter(limits), settings.max_watch_streams)
 
 
 class App:
@@ -54,10 +97,13 @@ class App:
 
     async def start(self) -> int:
         s = self.settings
+        check_exposure(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(s.db_path)
         self.local = LocalStore(s.data_dir)
+        self.local.sweep()
         self.router = build_router(s, self.local)
+        await open_stores(r.store for r in self.router.routes)
         self.engine = MediaEngine(
             ffmpeg=s.resolved_ffmpeg(),
             ffprobe=s.resolved_ffprobe(),
@@ -67,6 +113,9 @@ class App:
             memory_bytes=s.ffmpeg_memory_mb * 1024 * 1024,
             max_image_bytes=s.max_image_bytes,
             probe_cache_entries=s.probe_cache_entries,
+            max_input_streams=s.max_input_streams,
+            max_input_pixels=s.max_input_pixels,
+            max_duration_s=s.max_duration_s,
         )
         self.engine.sweep()
         self.pipelines = PipelineRegistry(
@@ -104,8 +153,21 @@ class App:
             max_attempts=s.max_attempts,
         )
         await self.scheduler.start()
-        self._server, self.health = rpc_server.build(self.jobs, self.pipelines, reflection_enabled=s.reflection)
-        self.port = self._server.add_insecure_port(s.listen)
+        self.guard = build_guard(s)
+        tls = bool(s.tls_cert_file)
+        self._server, self.health = rpc_server.build(
+            self.jobs,
+            self.pipelines,
+            self.guard,
+            reflection_enabled=s.reflection,
+            max_concurrent_rpcs=s.max_concurrent_rpcs,
+            client_certs_required=tls and bool(s.tls_client_ca_file),
+        )
+        if tls:
+            creds = rpc_server.credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
+            self.port = self._server.add_secure_port(s.listen, creds)
+        else:
+            self.port = self._server.add_insecure_port(s.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         await self._server.start()

@@ -16,10 +16,69 @@ ENV_PREFIX = "MPS_SNAPSHOT_"
 
 @dataclass(frozen=True)
 class StorageRoute:
-    """Maps Location values (shell wildcards allowed) to a backend. ``kind`` is "local"."""
+    """Maps Location values (shell wildcards allowed) to a backend: ``kind`` "local" (the
+    embedded folders) or "s3" (an S3-compatible endpoint; the fields below, see
+    docs/storage.md). Routes with the same S3 settings share one connection pool."""
 
     location: str = "*"
     kind: str = "local"
+    #: kind = "s3": the endpoint ("" is AWS S3 itself), its region and addressing style
+    #: ("path": http://host/bucket/key, "virtual": http://bucket.host/key).
+    endpoint_url: str = ""
+    region: str = "us-east-1"
+    addressing_style: str = "path"
+    #: Credentials; when empty, the usual AWS sources (AWS_* environment variables, the
+    #: shared credentials/config files with ``profile``, container or instance roles).
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+    profile: str = ""
+    #: RoleArn -> credentials profile ({"acs:ram::1:role/x" = "profile-name"} in TOML); an
+    #: input/output RoleArn then selects that profile (it grants nothing by itself).
+    profiles_by_role: tuple[tuple[str, str], ...] = ()
+    #: Lifetime of the presigned GET URLs ffmpeg reads inputs through, in seconds.
+    presign_expiry_s: int = 900
+    #: Outputs at least this big are uploaded in parts of ``multipart_part_bytes``.
+    multipart_threshold_bytes: int = 8 * 1024 * 1024
+    multipart_part_bytes: int = 8 * 1024 * 1024
+    #: Attempts per storage request (botocore "standard" retries: 5xx, SlowDown,
+    #: throttling, connection errors and timeouts, exponential backoff with jitter).
+    max_attempts: int = 5
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    #: Largest input object accepted, in bytes; 0 uses the server-wide ``max_input_bytes``.
+    max_input_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.addressing_style not in ("path", "virtual"):
+            raise ValueError(
+                f'storage route {self.location!r}: addressing_style must be "path" or "virtual", '
+                f"not {self.addressing_style!r}"
+            )
+        if isinstance(self.profiles_by_role, dict):  # from a TOML table
+            object.__setattr__(self, "profiles_by_role", tuple(sorted(self.profiles_by_role.items())))
+
+
+@dataclass(frozen=True)
+class StatementConfig:
+    """One policy statement: ``effect`` Allow or Deny, RAM ``actions`` and ``resources``
+    (``pipeline/<id>``, ``bucket/<name>``), shell wildcards allowed."""
+
+    effect: str = "Allow"
+    actions: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class PrincipalConfig:
+    """A caller: an access key (id + the hash `mps-snapshot hash-secret` prints) and/or the
+    common name of its TLS client certificate, with its policy statements."""
+
+    name: str = ""
+    access_key_id: str = ""
+    access_key_hash: str = ""
+    cert_cn: str = ""
+    statements: tuple[StatementConfig, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,8 +101,16 @@ class Settings:
     ffmpeg_memory_mb: int = 4096
     #: Largest snapshot image accepted from ffmpeg, in bytes.
     max_image_bytes: int = 32 * 1024 * 1024
+    #: Largest input object accepted from S3-compatible storage, in bytes (100 GiB).
+    max_input_bytes: int = 100 * 1024**3
     #: Largest sprite accepted, in pixels (width x height); JPEG also caps a side at 65,500.
     max_sprite_pixels: int = 128_000_000
+    #: Most streams (video, audio, subtitle, data, attachment) an input may have; checked at probe.
+    max_input_streams: int = 32
+    #: Largest video picture an input may have, in pixels (width x height of its video stream).
+    max_input_pixels: int = 8192 * 8192
+    #: Longest input accepted, in seconds (its probed duration); 0 means no limit.
+    max_duration_s: float = 0.0
     #: Probe results kept in memory (keyed by object version).
     probe_cache_entries: int = 512
     #: Expose gRPC server reflection.
@@ -58,6 +125,26 @@ class Settings:
     #: Completion notifications: delivery attempts, and the first retry delay (doubling).
     notify_attempts: int = 6
     notify_backoff_s: float = 0.5
+    #: Callers and their policies ([[principals]] tables in the TOML file). None: no
+    #: authentication, every caller allowed, and the server refuses non-loopback addresses
+    #: unless ``allow_insecure`` is set.
+    principals: tuple[PrincipalConfig, ...] = ()
+    #: Serve on a non-loopback address without authentication (never in production).
+    allow_insecure: bool = False
+    #: TLS: server certificate and key (PEM); with a client CA, clients must present a
+    #: certificate signed by it (mutual TLS) and principals can be matched by its CN.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    #: Calls per second per principal (MPS: Submit 50/s, QuerySnapshotJobList 100/s,
+    #: pipeline calls 100/s); 0 turns a limit off. The burst is one second's worth.
+    rate_submit: float = 50.0
+    rate_query: float = 100.0
+    rate_pipeline: float = 100.0
+    #: WatchSnapshotJob streams one principal may hold open at once.
+    max_watch_streams: int = 64
+    #: Calls in progress at once, server-wide; more get RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = 1000
     #: Log level name.
     log_level: str = "INFO"
     #: Storage routes, tried in order (from the TOML file's [[storage]] tables).
@@ -107,13 +194,28 @@ def load(config_file: Path | None = None, env: dict[str, str] | None = None, **o
         for key, raw in doc.items():
             if key == "storage":
                 values["storage"] = tuple(StorageRoute(**route) for route in raw)
+            elif key == "principals":
+                values["principals"] = tuple(_principal(p) for p in raw)
             elif key in {f.name for f in dataclasses.fields(Settings)}:
                 values[key] = _coerce(getattr(settings, key), raw, key)
             else:
                 raise ValueError(f"{path}: unknown setting {key!r}")
     for f in dataclasses.fields(Settings):
         raw = env.get(ENV_PREFIX + f.name.upper())
-        if raw is not None and f.name != "storage":
+        if raw is not None and f.name not in ("storage", "principals"):
             values[f.name] = _coerce(getattr(settings, f.name), raw, ENV_PREFIX + f.name.upper())
     values.update({k: v for k, v in overrides.items() if v is not None})
     return dataclasses.replace(settings, **values)
+
+
+def _principal(raw: dict[str, Any]) -> PrincipalConfig:
+    statements = tuple(
+        StatementConfig(
+            effect=st.get("effect", "Allow"),
+            actions=tuple(st.get("actions", ())),
+            resources=tuple(st.get("resources", ("*",))),
+        )
+        for st in raw.get("statements", ())
+    )
+    fields = {k: v for k, v in raw.items() if k != "statements"}
+    return PrincipalConfig(**fields, statements=statements)

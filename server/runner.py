@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
-from server.domain import planning, sprites, validation
+from server.domain import extraction, planning, sprites, validation
 from server.domain.errors import InternalError, MpsError, ResourceContentBad
 from server.domain.models import FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
@@ -153,56 +153,102 @@ class JobRunner:
         first_override: float | None,
         workdir: Path,
     ) -> AsyncGenerator[tuple[planning.Point, Frame | None], None]:
-        """Yield (point, frame or None) in time order, capturing several points at once.
+        """Yield (point, frame, or None for a skipped intra point) in time order.
 
-        A sliding window keeps as many captures in flight as the engine can run, while
-        results come back in order so images are numbered and published in time order.
+        The extraction planner groups points into ffmpeg runs (seek batches or decode
+        passes); as many runs as the engine allows are in flight, and results are handed
+        out in order so images are numbered and published in time order.
         """
-        window = max(1, self.engine.max_processes)
-        pending: deque[tuple[planning.Point, asyncio.Task[Frame | None]]] = deque()
         config = valid.config
+        intra = valid.frame_type is FrameType.INTRA
+        first = 1 if first_override is not None and points else 0
+        rest = points[first:]
+        xplan = extraction.plan_extraction(
+            [p.time_ms for p in rest],
+            gop_s=getattr(info, "keyframe_interval_s", 0.0) or 2.0,
+            frame_size=info.output_size(config.width, config.height),
+            processes=self.engine.max_processes,
+            dense_allowed=not intra or all(p.tolerance_ms is not None for p in rest),
+        )
+        log.info("extraction plan: %s", xplan.reason)
+        chunks: list[tuple[extraction.Mode | None, list[int]]] = [(None, [0])] if first else []
+        chunks += [(c.mode, [i + first for i in c.indexes]) for c in xplan.chunks]
 
-        async def capture(index: int, point: planning.Point) -> Frame | None:
-            folder = workdir / f"p{index:06d}"
+        async def run_chunk(number: int, mode: extraction.Mode | None, indexes: list[int]) -> list[Frame | None]:
+            folder = workdir / f"c{number:05d}"
             folder.mkdir()
-            if index == 0 and first_override is not None:
-                return await self.engine.snapshot(
+            wanted = [points[i] for i in indexes]
+            times = [p.time_ms / 1000 for p in wanted]
+            w, h, t = config.width, config.height, self.timeout
+            results: list[Frame | None]
+            if mode is None:
+                assert first_override is not None
+                first_frame = await self.engine.snapshot(
                     handle,
                     info,
                     time_s=first_override,
                     frame_type=FrameType.NORMAL,
-                    width=config.width,
-                    height=config.height,
+                    width=w,
+                    height=h,
                     workdir=folder,
-                    wall_seconds=self.timeout,
+                    wall_seconds=t,
                 )
-            frame = await self.engine.snapshot(
-                handle,
-                info,
-                time_s=point.time_ms / 1000,
-                frame_type=valid.frame_type,
-                width=config.width,
-                height=config.height,
-                workdir=folder,
-                wall_seconds=self.timeout,
-            )
-            if (
-                valid.frame_type is FrameType.INTRA
-                and point.tolerance_ms is not None
-                and abs(frame.time_s * 1000 - point.time_ms) > point.tolerance_ms + 0.001
-            ):
-                return None
-            return frame
+                results = [first_frame]
+            elif mode is extraction.Mode.PASS:
+                tolerances = [None if p.tolerance_ms is None else p.tolerance_ms / 1000 for p in wanted]
+                results = await self.engine.decode_pass(
+                    handle,
+                    info,
+                    times,
+                    intra=intra,
+                    tolerances_s=tolerances,
+                    width=w,
+                    height=h,
+                    workdir=folder,
+                    wall_seconds=t,
+                )
+            else:
+                results = await self.engine.seek_batch(
+                    handle, info, times, intra=intra, width=w, height=h, workdir=folder, wall_seconds=t
+                )
+            for k, frame in enumerate(results):
+                if frame is None:  # not served exactly by the batch: take this point on its own
+                    single = folder / f"s{k}"
+                    single.mkdir()
+                    results[k] = await self.engine.snapshot(
+                        handle,
+                        info,
+                        time_s=times[k],
+                        frame_type=valid.frame_type,
+                        width=config.width,
+                        height=config.height,
+                        workdir=single,
+                        wall_seconds=self.timeout,
+                    )
+            if intra and mode is not None:
+                for k, frame in enumerate(results):
+                    tolerance = wanted[k].tolerance_ms
+                    if (
+                        frame is not None
+                        and tolerance is not None
+                        and abs(frame.time_s * 1000 - wanted[k].time_ms) > tolerance + 0.001
+                    ):
+                        results[k] = None  # no keyframe within half a step of this point
+            return results
 
+        window = max(1, self.engine.max_processes)
+        pending: deque[tuple[list[int], asyncio.Task[list[Frame | None]]]] = deque()
         try:
-            for index, point in enumerate(points):
-                pending.append((point, asyncio.create_task(capture(index, point))))
-                if len(pending) >= window:
-                    head_point, task = pending.popleft()
-                    yield head_point, await task
+            for number, (mode, indexes) in enumerate(chunks):
+                pending.append((indexes, asyncio.create_task(run_chunk(number, mode, indexes))))
+                if len(pending) > window:
+                    indexes_done, task = pending.popleft()
+                    for i, frame in zip(indexes_done, await task, strict=True):
+                        yield points[i], frame
             while pending:
-                head_point, task = pending.popleft()
-                yield head_point, await task
+                indexes_done, task = pending.popleft()
+                for i, frame in zip(indexes_done, await task, strict=True):
+                    yield points[i], frame
         finally:
             for _, task in pending:
                 task.cancel()

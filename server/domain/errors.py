@@ -84,3 +84,19 @@ class TransientError(MpsError):
 
 class InternalError(MpsError):
     code = "InternalError"
+
+
+class Unauthenticated(MpsError):
+    """The caller could not be identified (UNAUTHENTICATED)."""
+
+    code = "InvalidAccessKeyId.NotFound"
+
+
+class Forbidden(MpsError):
+    """The caller's policies do not allow the action (PERMISSION_DENIED)."""
+
+    code = "Forbidden.RAM"
+
+
+class Throttled(MpsError):
+    code = "Throttling.User"

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 
 from server.domain.models import FrameType
+from server.media import batch, process
 from server.media import probe as probe_mod
-from server.media import process
 from server.media.snapshot import Frame, Source, capture_exact, capture_keyframe, first_non_black
 from server.storage.base import InputHandle
 
@@ -30,6 +30,9 @@ class MediaEngine:
         memory_bytes: int,
         max_image_bytes: int,
         probe_cache_entries: int,
+        max_input_streams: int = 32,
+        max_input_pixels: int = 8192 * 8192,
+        max_duration_s: float = 0.0,
     ) -> None:
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
@@ -41,6 +44,10 @@ class MediaEngine:
         self._max_image_bytes = max_image_bytes
         self._probes: OrderedDict[Hashable, probe_mod.MediaInfo] = OrderedDict()
         self._probe_cap = probe_cache_entries
+        #: What an input must satisfy at probe time (streams, pixels, duration).
+        self.probe_limits = probe_mod.ProbeLimits(
+            max_streams=max_input_streams, max_pixels=max_input_pixels, max_duration_s=max_duration_s
+        )
         self.running = 0
         self.peak_running = 0
         #: Processes started so far (tests use it to prove validation starts none).
@@ -81,8 +88,16 @@ class MediaEngine:
         if cached is not None:
             self._probes.move_to_end(cache_key)
             return cached
-        async with self._slot():
-            info = await probe_mod.probe(self.ffprobe, handle.url, handle.protocols, self.limits(wall_seconds))
+        # ffprobe, like ffmpeg, runs in a private empty folder removed afterwards.
+        async with self._slot(), self.workdir("probe") as folder:
+            info = await probe_mod.probe(
+                self.ffprobe,
+                handle.url,
+                handle.protocols,
+                self.limits(wall_seconds),
+                self.probe_limits,
+                cwd=str(folder),
+            )
         self._probes[cache_key] = info
         while len(self._probes) > self._probe_cap:
             self._probes.popitem(last=False)
@@ -146,4 +161,58 @@ class MediaEngine:
                 pixel_threshold=pixel_threshold,
                 workdir=workdir,
                 limits=self.limits(wall_seconds),
+            )
+
+    async def seek_batch(
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        times_s: list[float],
+        *,
+        intra: bool,
+        width: int | None,
+        height: int | None,
+        workdir: Path,
+        wall_seconds: float,
+    ) -> list[Frame | None]:
+        async with self._slot():
+            return await batch.seek_batch(
+                self.ffmpeg,
+                Source(handle.url, handle.protocols),
+                info,
+                times_s,
+                intra=intra,
+                width=width,
+                height=height,
+                workdir=workdir,
+                limits=self.limits(wall_seconds),
+                max_bytes=self._max_image_bytes,
+            )
+
+    async def decode_pass(
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        times_s: list[float],
+        *,
+        intra: bool,
+        tolerances_s: list[float | None],
+        width: int | None,
+        height: int | None,
+        workdir: Path,
+        wall_seconds: float,
+    ) -> list[Frame | None]:
+        async with self._slot():
+            return await batch.decode_pass(
+                self.ffmpeg,
+                Source(handle.url, handle.protocols),
+                info,
+                times_s,
+                intra=intra,
+                tolerances_s=tolerances_s,
+                width=width,
+                height=height,
+                workdir=workdir,
+                limits=self.limits(wall_seconds),
+                max_bytes=self._max_image_bytes,
             )

@@ -51,9 +51,41 @@ AUDIO_DECODERS = (
 MAX_PIXELS = 8192 * 8192
 
 
+#: Reading over HTTP(S) (presigned object-storage URLs): a read that gets nothing for this
+#: long fails (µs), after which ffmpeg reconnects, as it does on a reset connection or a 5xx
+#: answer, waiting 0, 1, then 3 s (at most 3 attempts more); it never follows a redirect
+#: (the URL is the service's own). Every option exists in Debian's ffmpeg/ffprobe 5.1 and in
+#: later builds, and none is given to local files.
+HTTP_RW_TIMEOUT_US = 10_000_000
+HTTP_RECONNECT_DELAY_MAX_S = 4
+
+
+def http_options() -> list[str]:
+    return [
+        "-rw_timeout",
+        str(HTTP_RW_TIMEOUT_US),
+        "-reconnect",
+        "1",
+        "-reconnect_on_network_error",
+        "1",
+        "-reconnect_on_http_error",
+        "5xx",
+        "-reconnect_delay_max",
+        str(HTTP_RECONNECT_DELAY_MAX_S),
+        "-seekable",
+        "1",
+        "-multiple_requests",
+        "1",
+        "-max_redirects",
+        "0",
+    ]
+
+
 def input_options(protocols: tuple[str, ...]) -> list[str]:
     """Options placed before ``-i``: they bind the demuxer and decoders of that input."""
+    remote = http_options() if "http" in protocols or "https" in protocols else []
     return [
+        *remote,
         "-protocol_whitelist",
         ",".join(protocols),
         "-format_whitelist",

@@ -1,16 +1,38 @@
-"""Probing an input with ffprobe: duration, display size, frame rate, rotation."""
+"""Probing an input with ffprobe: duration, display size, frame rate, rotation.
+
+The probe is also the gate for hostile inputs: a file without a video stream, with more
+streams, pixels or seconds than the server accepts, or one ffprobe cannot read, ends here
+with ``ResourceContentBad`` before any ffmpeg runs. Messages name the limit and the value
+found, never a server path or URL.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from server.domain.errors import ResourceContentBad
 from server.media import process
-from server.media.hardening import input_options
+from server.media.hardening import MAX_PIXELS, input_options
+
+
+@dataclass(frozen=True)
+class ProbeLimits:
+    """What the server accepts from an input (settings max_input_streams, max_input_pixels,
+    max_duration_s). ffmpeg's own ``-max_pixels`` (hardening.MAX_PIXELS) stays the ceiling."""
+
+    max_streams: int = 32
+    max_pixels: int = 8192 * 8192
+    #: 0: no limit.
+    max_duration_s: float = 0.0
+
+    @property
+    def pixels(self) -> int:
+        return min(self.max_pixels, MAX_PIXELS)
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,13 @@ def _fraction(text: Any) -> Fraction:
     return value if value > 0 else Fraction(0)
 
 
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _float(text: Any) -> float:
     try:
         value = float(text)
@@ -99,21 +128,46 @@ def _rotation(stream: dict[str, Any]) -> int:
     return 0
 
 
-def parse_probe(output: bytes) -> MediaInfo:
-    """Turn ffprobe's JSON into MediaInfo, or say exactly why the file is unusable."""
+# ffmpeg's image-size check, when -max_pixels refuses a frame: the size comes from the file.
+_TOO_BIG = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
+
+
+def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = "") -> MediaInfo:
+    """Turn ffprobe's JSON into MediaInfo, or say exactly why the file is unusable.
+
+    ``stderr`` is ffprobe's log: when ``-max_pixels`` refused the picture, ffprobe reports
+    the size as 0x0 and only the log tells the real size.
+    """
+    limits = limits or ProbeLimits()
     try:
         doc = json.loads(output or b"{}")
     except ValueError:
         raise ResourceContentBad("The input could not be probed: ffprobe gave no readable result.") from None
-    streams = doc.get("streams") or []
-    fmt = doc.get("format") or {}
+    if not isinstance(doc, dict):
+        raise ResourceContentBad("The input could not be probed: ffprobe gave no readable result.")
+    streams = [s for s in doc.get("streams") or [] if isinstance(s, dict)]
+    raw_format = doc.get("format")
+    fmt: dict[str, Any] = raw_format if isinstance(raw_format, dict) else {}
+    if len(streams) > limits.max_streams:
+        raise ResourceContentBad(
+            f"The input has {len(streams)} streams, more than the server's limit of {limits.max_streams}; "
+            "submit a file with fewer audio, subtitle or attachment streams."
+        )
     video = next(
         (s for s in streams if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")),
         None,
     )
     if video is None:
         raise ResourceContentBad("The input has no video stream; submit a video file.")
-    width, height = int(video.get("width") or 0), int(video.get("height") or 0)
+    width, height = _int(video.get("width")), _int(video.get("height"))
+    too_big = _TOO_BIG.search(stderr)
+    if (width <= 0 or height <= 0) and too_big:
+        width, height = int(too_big.group(1)), int(too_big.group(2))
+    if width * height > limits.pixels:
+        raise ResourceContentBad(
+            f"The input's video is {width}x{height} ({width * height} pixels), more than the server's "
+            f"limit of {limits.pixels} pixels."
+        )
     if width <= 0 or height <= 0:
         raise ResourceContentBad("The input's video stream has no picture size; the file may be damaged.")
     duration = _float(video.get("duration"))
@@ -121,6 +175,10 @@ def parse_probe(output: bytes) -> MediaInfo:
         duration = _float(fmt.get("duration"))
     if not math.isfinite(duration) or duration <= 0:
         raise ResourceContentBad("The input has no known duration; the file may be truncated or damaged.")
+    if limits.max_duration_s > 0 and duration > limits.max_duration_s:
+        raise ResourceContentBad(
+            f"The input is {duration:.3f} s long, more than the server's limit of {limits.max_duration_s:g} s."
+        )
     rate = _fraction(video.get("avg_frame_rate")) or _fraction(video.get("r_frame_rate"))
     if rate > 1000:
         rate = Fraction(0)
@@ -138,24 +196,68 @@ def parse_probe(output: bytes) -> MediaInfo:
     )
 
 
-async def probe(ffprobe: str, url: str, protocols: tuple[str, ...], limits: process.Limits) -> MediaInfo:
+async def probe(
+    ffprobe: str,
+    url: str,
+    protocols: tuple[str, ...],
+    limits: process.Limits,
+    checks: ProbeLimits | None = None,
+    *,
+    cwd: str | None = None,
+) -> MediaInfo:
+    """Probe ``url`` within ``limits`` (wall clock, CPU, memory) and check it against ``checks``."""
     try:
-        result = await process.run(probe_argv(ffprobe, url, protocols), limits=limits)
+        result = await process.run(probe_argv(ffprobe, url, protocols), limits=limits, cwd=cwd)
     except process.ProcessTimeout:
         raise ResourceContentBad(
-            f"Probing the input took longer than {limits.wall_seconds:g} s; the file may be damaged or unreadable."
+            f"Probing the input took longer than {limits.wall_seconds:g} s and was stopped; "
+            "the file may be damaged or unreadable."
         ) from None
     if result.returncode != 0:
-        reason = _first_error(result.stderr)
-        raise ResourceContentBad(f"The input is not a readable video ({reason}).")
-    return parse_probe(result.stdout)
+        raise ResourceContentBad(f"The input is not a readable video: {_first_error(result.stderr)}.")
+    return parse_probe(result.stdout, checks, result.stderr)
+
+
+# "[hls @ 0x55d0c5a1] Format not on whitelist '...'": the demuxer's name is a fixed word.
+_FORMAT_REFUSED = re.compile(r"\[([A-Za-z0-9_,]+) @ 0x[0-9a-fA-F]+\] Format not on whitelist")
+_CODEC_REFUSED = re.compile(r"Codec \(([A-Za-z0-9_]+)\) not on whitelist")
+_CONTEXT = re.compile(r"^\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*")
+# Anything that could be a path or URL: "scheme:...", a run starting with /, ./, ../ or ~/,
+# or one with two slashes or more (but not "I/O" or "N/A").
+_PATHLIKE = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*:[^\s'\"]+"
+    r"|(?<![^\s'\"(\[])(?:\.{1,2}|~)?/[^\s'\"]*"
+    r"|[^\s'\"]*/[^\s'\"]*/[^\s'\"]*"
+)
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 def _first_error(stderr: str) -> str:
-    # ffprobe's messages name the file by its URL; keep only the part after the last
-    # ": " so no internal path or presigned URL reaches the caller.
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    """Why ffprobe failed, in words safe to show the caller.
+
+    ffprobe's messages name the file by its URL and may quote names from inside the file;
+    paths, URLs and quoted strings are cut, so no internal path or presigned URL leaks.
+    """
+    if m := _FORMAT_REFUSED.search(stderr):
+        name = m.group(1).split(",")[0]
+        return (
+            f"its format ({name}) is not an accepted video container; playlists, concat scripts, "
+            "images and raw streams are refused"
+        )
+    if m := _CODEC_REFUSED.search(stderr):
+        return f"it holds a stream in a codec this server does not decode ({m.group(1)})"
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.lstrip().startswith("Last message")]
     if not lines:
         return "unknown format"
-    text = lines[-1].rsplit(": ", 1)[-1]
-    return text[:200]
+    # The last line is usually "URL: <error text>"; a demuxer's own line before it says more.
+    reason = scrub(lines[-1].rsplit(": ", 1)[-1])
+    detail = next((scrub(_CONTEXT.sub("", ln)) for ln in reversed(lines[:-1]) if _CONTEXT.match(ln)), "")
+    text = f"{reason} ({detail})" if detail and detail != reason else reason
+    return text[:200] or "unknown format"
+
+
+def scrub(text: str) -> str:
+    """ffmpeg log text without paths, URLs or quoted names, fit to show a caller."""
+    text = _QUOTED.sub("'…'", text)
+    text = _PATHLIKE.sub("…", text)
+    return " ".join(text.split()).rstrip(".")

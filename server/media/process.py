@@ -41,25 +41,33 @@ class ProcessTimeout(Exception):
     """The process ran past its wall-clock limit and was killed."""
 
 
+class ContainmentUnavailable(RuntimeError):
+    """setpriv or prlimit is missing: ffmpeg is never run without its limits (fail closed)."""
+
+
 def _wrapper(limits: Limits) -> list[str]:
-    # prlimit and setpriv come with util-linux on every Debian system. setpriv's
-    # pdeathsig kills ffmpeg if the server dies without a chance to clean up (SIGKILL).
-    argv: list[str] = []
-    setpriv = shutil.which("setpriv")
-    if setpriv:
-        argv += [setpriv, "--pdeathsig", "KILL", "--"]
-    prlimit = shutil.which("prlimit")
-    if prlimit:
-        argv += [
-            prlimit,
-            f"--as={limits.address_space_bytes}",
-            f"--cpu={limits.cpu_seconds}",
-            f"--fsize={limits.file_size_bytes}",
-            f"--nofile={limits.open_files}",
-            "--core=0",
-            "--",
-        ]
-    return argv
+    # prlimit and setpriv come with util-linux on every Debian system (it is Essential).
+    # setpriv's pdeathsig kills ffmpeg if the server dies without a chance to clean up
+    # (SIGKILL); prlimit sets the rlimits without preexec_fn (unsafe with gRPC's threads).
+    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+    if not setpriv or not prlimit:
+        raise ContainmentUnavailable(
+            "setpriv and prlimit (util-linux) must be on PATH: ffmpeg and ffprobe are never run "
+            "without a parent-death signal and resource limits"
+        )
+    return [
+        setpriv,
+        "--pdeathsig",
+        "KILL",
+        "--",
+        prlimit,
+        f"--as={limits.address_space_bytes}",
+        f"--cpu={limits.cpu_seconds}",
+        f"--fsize={limits.file_size_bytes}",
+        f"--nofile={limits.open_files}",
+        "--core=0",
+        "--",
+    ]
 
 
 def minimal_env() -> dict[str, str]:

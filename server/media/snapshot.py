@@ -19,10 +19,12 @@ from PIL import Image
 from server.domain.errors import ResourceContentBad
 from server.media import process
 from server.media.hardening import input_options
-from server.media.probe import MediaInfo
+from server.media.probe import MediaInfo, scrub
 
 _TIME_BASE = re.compile(r"Parsed_showinfo.*?config in time_base:\s*(\d+)/(\d+)")
 _PTS = re.compile(r"Parsed_showinfo.*?\bn:\s*\d+\s+pts:\s*(-?\d+)")
+# The mov/mp4 demuxer's complaint when a sample's data lies past the end of the file.
+_PARTIAL = ": partial file"
 # Half a millisecond: below any real frame interval, above timestamp rounding.
 _EPS = 0.0005
 JPEG_QUALITY = 2
@@ -136,18 +138,34 @@ def check_jpeg(path: Path, max_bytes: int) -> tuple[int, int]:
         raise ResourceContentBad("No frame could be decoded at the requested time; the file may be damaged.")
     if path.stat().st_size > max_bytes:
         raise ResourceContentBad(f"The snapshot is larger than {max_bytes} bytes; request a smaller Width/Height.")
-    with Image.open(path) as img:
-        if img.format != "JPEG":
-            raise ResourceContentBad("The snapshot is not a JPEG image.")
-        img.load()
-        return img.size
+    try:
+        with Image.open(path) as img:
+            if img.format != "JPEG":
+                raise ResourceContentBad("The snapshot is not a JPEG image.")
+            img.load()
+            return img.size
+    except ResourceContentBad:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        # Pillow's "cannot identify", "image file is truncated", broken markers...
+        raise ResourceContentBad(
+            "The snapshot ffmpeg wrote is not a whole JPEG image; the input may be damaged."
+        ) from None
 
 
 async def _run(argv: list[str], limits: process.Limits, cwd: Path) -> process.Result:
-    result = await process.run(argv, limits=limits, cwd=str(cwd))
+    try:
+        result = await process.run(argv, limits=limits, cwd=str(cwd))
+    except process.ProcessTimeout:
+        # A source that stalls or a file that decodes forever: the group is already killed.
+        raise ResourceContentBad(
+            f"Decoding the input took longer than {limits.wall_seconds:g} s and was stopped; "
+            "the file may be damaged or unreadable."
+        ) from None
     if result.returncode != 0:
         lines = [ln for ln in result.stderr.splitlines() if ln.strip() and "Parsed_showinfo" not in ln]
-        detail = lines[-1].rsplit(": ", 1)[-1][:200] if lines else f"exit code {result.returncode}"
+        detail = scrub(lines[-1].rsplit(": ", 1)[-1])[:200] if lines else ""
+        detail = detail or f"exit code {result.returncode}"
         raise ResourceContentBad(f"The input could not be decoded ({detail}).")
     return result
 
@@ -169,12 +187,16 @@ async def capture_exact(
     fd = info.frame_duration_s
     base = info.start_time_s
 
+    truncated = False
+
     async def attempt(start: float, window: float | None) -> list[float]:
+        nonlocal truncated
         out.unlink(missing_ok=True)
         argv = exact_argv(
             ffmpeg_bin, src, start_s=start, window_s=window, width=width, height=height, out=out, start_offset_s=base
         )
         result = await _run(argv, limits, workdir)
+        truncated = truncated or _PARTIAL in result.stderr
         return [t - base for t in frame_times(result.stderr)] if out.exists() else []
 
     # One nominal frame interval ending at T holds exactly the frame shown at T.
@@ -186,6 +208,12 @@ async def capture_exact(
         # interval before T. Decode a wider window ending at T and keep its last frame.
         start = max(0.0, time_s - max(2.0, 4 * fd))
         times = await attempt(start, time_s - start + _EPS)
+        if truncated:
+            # Not a variable frame rate: the index lists frames the file has no data for
+            # (cut short), and the last frame decoded would be an earlier one.
+            raise ResourceContentBad(
+                "The input is truncated: the data of the frame at the requested time is missing from the file."
+            )
         if not times:
             # T precedes the first frame: the first frame is what a player shows.
             times = await attempt(time_s, None)

@@ -1,5 +1,6 @@
-"""What every RPC gets: a request id (response, trailer, logs), errors turned into
-rich statuses through the one table, and no internals leaked on surprises."""
+"""What every RPC gets: a request id (response, trailer, logs), authentication and rate
+limiting before the handler runs, authorization helpers, errors turned into rich statuses
+through the one table, and no internals leaked on surprises or undecodable requests."""
 
 from __future__ import annotations
 
@@ -9,21 +10,54 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-import grpc
+from google.protobuf.message import DecodeError
 from grpc import aio
 
-from server.domain.errors import InternalError, MpsError
+from server.domain.errors import InternalError, InvalidParameter, MpsError
 from server.ids import new_request_id
 from server.rpc.errors import rich_status
+from server.security.authn import Principal
+from server.security.guard import Guard
 
 log = logging.getLogger("mps_snapshot.rpc")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
-Self = TypeVar("Self")
+
+
+class Guarded(Protocol):
+    guard: Guard
+
+
+@dataclass(frozen=True)
+class Call:
+    """The caller as the handler sees it."""
+
+    request_id: str
+    principal: Principal
+    method: str
+    guard: Guard
+
+    def authorize(self, *resources: str) -> None:
+        self.guard.authorize(self.principal, self.method, resources)
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not the expected message."""
+
+
+def safe_deserializer(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return Undecodable()
+
+    return deserialize
 
 
 class RequestIdFilter(logging.Filter):
@@ -41,28 +75,51 @@ async def _abort(context: aio.ServicerContext[Any, Any], error: MpsError, reques
     )
 
 
-def _surprise(method: str, request_id: str) -> MpsError:
+def _surprise(method: str) -> MpsError:
     log.exception("unexpected error in %s", method)
     return InternalError("An internal error occurred; quote the RequestId when reporting it.")
 
 
-def unary(
-    fn: Callable[[Self, Req, aio.ServicerContext[Req, Resp], str], Awaitable[Resp]],
-) -> Callable[[Self, Req, aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+def _cert_cn(context: aio.ServicerContext[Any, Any]) -> str | None:
+    auth = context.auth_context()
+    names = list(auth.get("x509_common_name", ())) if auth else []
+    return names[0].decode() if names else None
+
+
+def _admit(
+    owner: Guarded, method: str, request: object, context: aio.ServicerContext[Any, Any], request_id: str
+) -> Call:
+    if isinstance(request, Undecodable):
+        raise InvalidParameter(
+            "The request could not be decoded as the method's message; check the client's "
+            "generated code matches the server's protos."
+        )
+    metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+    full_method = f"/{type(owner).SERVICE}/{method}"  # type: ignore[attr-defined]
+    principal = owner.guard.admit(method, full_method, metadata, _cert_cn(context))
+    return Call(request_id=request_id, principal=principal, method=method, guard=owner.guard)
+
+
+Handler = Callable[[Any, Req, aio.ServicerContext[Req, Resp], Call], Awaitable[Resp]]
+StreamHandler = Callable[[Any, Req, aio.ServicerContext[Req, Resp], Call], AsyncIterator[Resp]]
+
+
+def unary(fn: Handler[Req, Resp]) -> Callable[[Any, Req, aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
     @functools.wraps(fn)
-    async def handler(self: Self, request: Req, context: aio.ServicerContext[Req, Resp]) -> Resp:
+    async def handler(self: Guarded, request: Req, context: aio.ServicerContext[Req, Resp]) -> Resp:
         request_id = new_request_id()
         request_id_var.set(request_id)
         started = time.monotonic()
         error: MpsError | None = None
         try:
-            response = await fn(self, request, context, request_id)
+            call = _admit(self, fn.__name__, request, context, request_id)
+            response = await fn(self, request, context, call)
         except MpsError as exc:
             error = exc
         except (asyncio.CancelledError, aio.AbortError):
             raise
         except Exception:
-            error = _surprise(fn.__name__, request_id)
+            error = _surprise(fn.__name__)
         elapsed = (time.monotonic() - started) * 1000
         if error is None:
             log.info("%s OK %.1f ms", fn.__name__, elapsed)
@@ -76,22 +133,24 @@ def unary(
 
 
 def server_stream(
-    fn: Callable[[Self, Req, aio.ServicerContext[Req, Resp], str], AsyncIterator[Resp]],
-) -> Callable[[Self, Req, aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
+    fn: StreamHandler[Req, Resp],
+) -> Callable[[Any, Req, aio.ServicerContext[Req, Resp]], AsyncIterator[Resp]]:
     @functools.wraps(fn)
-    async def handler(self: Self, request: Req, context: aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
+    async def handler(self: Guarded, request: Req, context: aio.ServicerContext[Req, Resp]) -> AsyncIterator[Resp]:
         request_id = new_request_id()
         request_id_var.set(request_id)
         error: MpsError | None = None
         try:
-            async for item in fn(self, request, context, request_id):
-                yield item
+            call = _admit(self, fn.__name__, request, context, request_id)
+            with self.guard.watch_slot(call.principal):
+                async for item in fn(self, request, context, call):
+                    yield item
         except MpsError as exc:
             error = exc
         except (asyncio.CancelledError, aio.AbortError, GeneratorExit):
             raise
         except Exception:
-            error = _surprise(fn.__name__, request_id)
+            error = _surprise(fn.__name__)
         if error is not None:
             log.info("%s %s: %s", fn.__name__, error.code, error.message)
             await _abort(context, error, request_id)
@@ -104,6 +163,3 @@ def server_stream(
 def time_remaining(context: aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None or remaining > 1e9 else float(remaining)
-
-
-__all__ = ["grpc", "request_id_var", "server_stream", "time_remaining", "unary"]

@@ -8,20 +8,25 @@ from client.api import pipeline_service_pb2 as pps
 from client.api import pipeline_service_pb2_grpc as pps_grpc
 from server.pipelines import PipelineChanges, PipelineRegistry
 from server.rpc import converters
-from server.rpc.calls import unary
+from server.rpc.calls import Call, unary
+from server.security.guard import Guard
 
 
 class PipelineServicer(pps_grpc.PipelineServiceServicer):
-    def __init__(self, registry: PipelineRegistry) -> None:
+    SERVICE = "mps.snapshot.v1.PipelineService"
+
+    def __init__(self, registry: PipelineRegistry, guard: Guard) -> None:
         self.registry = registry
+        self.guard = guard
 
     @unary
     async def AddPipeline(
         self,
         request: pps.AddPipelineRequest,
         context: aio.ServicerContext[pps.AddPipelineRequest, pps.AddPipelineResponse],
-        request_id: str,
+        call: Call,
     ) -> pps.AddPipelineResponse:
+        call.authorize("pipeline/*")
         pipeline = await self.registry.add(
             name=request.name,
             speed=request.speed,
@@ -31,14 +36,14 @@ class PipelineServicer(pps_grpc.PipelineServiceServicer):
             max_jobs=request.max_concurrent_jobs if request.HasField("max_concurrent_jobs") else None,
             capacity=request.queue_capacity if request.HasField("queue_capacity") else None,
         )
-        return pps.AddPipelineResponse(request_id=request_id, pipeline=converters.pipeline_to_proto(pipeline))
+        return pps.AddPipelineResponse(request_id=call.request_id, pipeline=converters.pipeline_to_proto(pipeline))
 
     @unary
     async def UpdatePipeline(
         self,
         request: pps.UpdatePipelineRequest,
         context: aio.ServicerContext[pps.UpdatePipelineRequest, pps.UpdatePipelineResponse],
-        request_id: str,
+        call: Call,
     ) -> pps.UpdatePipelineResponse:
         changes = PipelineChanges(
             name=request.name,
@@ -48,20 +53,22 @@ class PipelineServicer(pps_grpc.PipelineServiceServicer):
             max_concurrent_jobs=request.max_concurrent_jobs if request.HasField("max_concurrent_jobs") else None,
             queue_capacity=request.queue_capacity if request.HasField("queue_capacity") else None,
         )
+        call.authorize(f"pipeline/{request.pipeline_id}")
         pipeline = await self.registry.update(request.pipeline_id, changes)
-        return pps.UpdatePipelineResponse(request_id=request_id, pipeline=converters.pipeline_to_proto(pipeline))
+        return pps.UpdatePipelineResponse(request_id=call.request_id, pipeline=converters.pipeline_to_proto(pipeline))
 
     @unary
     async def QueryPipelineList(
         self,
         request: pps.QueryPipelineListRequest,
         context: aio.ServicerContext[pps.QueryPipelineListRequest, pps.QueryPipelineListResponse],
-        request_id: str,
+        call: Call,
     ) -> pps.QueryPipelineListResponse:
         ids = [i.strip() for raw in request.pipeline_ids for i in raw.split(",") if i.strip()]
+        call.authorize(*(f"pipeline/{i}" for i in ids))
         found, missing = self.registry.query(ids)
         return pps.QueryPipelineListResponse(
-            request_id=request_id,
+            request_id=call.request_id,
             pipeline_list=[converters.pipeline_to_proto(p) for p in found],
             non_exist_pids=missing,
         )
@@ -71,11 +78,12 @@ class PipelineServicer(pps_grpc.PipelineServiceServicer):
         self,
         request: pps.SearchPipelineRequest,
         context: aio.ServicerContext[pps.SearchPipelineRequest, pps.SearchPipelineResponse],
-        request_id: str,
+        call: Call,
     ) -> pps.SearchPipelineResponse:
+        call.authorize("pipeline/*")
         page, total, number, size = self.registry.search(request.state, request.page_number, request.page_size)
         return pps.SearchPipelineResponse(
-            request_id=request_id,
+            request_id=call.request_id,
             total_count=total,
             page_number=number,
             page_size=size,
@@ -87,7 +95,8 @@ class PipelineServicer(pps_grpc.PipelineServiceServicer):
         self,
         request: pps.DeletePipelineRequest,
         context: aio.ServicerContext[pps.DeletePipelineRequest, pps.DeletePipelineResponse],
-        request_id: str,
+        call: Call,
     ) -> pps.DeletePipelineResponse:
+        call.authorize(f"pipeline/{request.pipeline_id}")
         await self.registry.delete(request.pipeline_id)
-        return pps.DeletePipelineResponse(request_id=request_id, pipeline_id=request.pipeline_id)
+        return pps.DeletePipelineResponse(request_id=call.request_id, pipeline_id=request.pipeline_id)

@@ -8,9 +8,11 @@ from grpc import aio
 
 from client.api import snapshot_service_pb2 as sps
 from client.api import snapshot_service_pb2_grpc as sps_grpc
+from server.domain.errors import MpsError
 from server.jobs import JobService
 from server.rpc import converters
-from server.rpc.calls import server_stream, time_remaining, unary
+from server.rpc.calls import Call, server_stream, time_remaining, unary
+from server.security.guard import Guard
 from server.store.sqlite import JobFilter
 
 _KIND = {
@@ -22,27 +24,49 @@ _KIND = {
 
 
 class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
-    def __init__(self, jobs: JobService) -> None:
+    SERVICE = "mps.snapshot.v1.SnapshotService"
+
+    def __init__(self, jobs: JobService, guard: Guard) -> None:
         self.jobs = jobs
+        self.guard = guard
+
+    async def _job_resource(self, job_id: str) -> str:
+        # An unknown job is checked as "any pipeline", so a caller without the right
+        # cannot learn which ids exist.
+        try:
+            return f"pipeline/{(await self.jobs.get(job_id)).pipeline_id}"
+        except MpsError:
+            return "pipeline/*"
+
+    def _pipeline_resource(self, pipeline_id: str) -> str:
+        try:
+            return f"pipeline/{self.jobs.pipelines.resolve(pipeline_id).id}"
+        except MpsError:
+            return f"pipeline/{pipeline_id}"  # unknown: the call fails with NotFound if allowed
 
     @unary
     async def SubmitSnapshotJob(
         self,
         request: sps.SubmitSnapshotJobRequest,
         context: aio.ServicerContext[sps.SubmitSnapshotJobRequest, sps.SubmitSnapshotJobResponse],
-        request_id: str,
+        call: Call,
     ) -> sps.SubmitSnapshotJobResponse:
+        config = request.snapshot_config
+        buckets = {request.input.bucket, config.output_file.bucket}
+        if config.HasField("tile_out"):
+            buckets.add(config.tile_output_file.bucket)
+        call.authorize(self._pipeline_resource(request.pipeline_id), *(f"bucket/{b}" for b in sorted(buckets)))
         job = await self.jobs.submit(
-            converters.submit_from_proto(request), request_id=request_id, time_remaining=time_remaining(context)
+            converters.submit_from_proto(request), request_id=call.request_id, time_remaining=time_remaining(context)
         )
-        return sps.SubmitSnapshotJobResponse(request_id=request_id, snapshot_job=converters.job_to_proto(job))
+        return sps.SubmitSnapshotJobResponse(request_id=call.request_id, snapshot_job=converters.job_to_proto(job))
 
     @unary
     async def QuerySnapshotJobList(
         self,
         request: sps.QuerySnapshotJobListRequest,
         context: aio.ServicerContext[sps.QuerySnapshotJobListRequest, sps.QuerySnapshotJobListResponse],
-        request_id: str,
+        call: Call,
     ) -> sps.QuerySnapshotJobListResponse:
         flt = JobFilter(
             state=request.state,
@@ -59,14 +83,18 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
             ),
         )
         ids = [i.strip() for raw in request.snapshot_job_ids for i in raw.split(",") if i.strip()]
+        if not ids:
+            call.authorize(f"pipeline/{request.pipeline_id or '*'}")
         jobs, missing, token = await self.jobs.query(
             ids,
             flt=flt,
             token=request.next_page_token,
             page_size=request.maximum_page_size if request.HasField("maximum_page_size") else None,
         )
+        if ids:
+            call.authorize(*sorted({f"pipeline/{j.pipeline_id}" for j in jobs}))
         return sps.QuerySnapshotJobListResponse(
-            request_id=request_id,
+            request_id=call.request_id,
             snapshot_job_list=[converters.job_to_proto(j) for j in jobs],
             non_exist_snapshot_job_ids=missing,
             next_page_token=token,
@@ -77,8 +105,9 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
         self,
         request: sps.WatchSnapshotJobRequest,
         context: aio.ServicerContext[sps.WatchSnapshotJobRequest, sps.SnapshotJobEvent],
-        request_id: str,
+        call: Call,
     ) -> AsyncIterator[sps.SnapshotJobEvent]:
+        call.authorize(await self._job_resource(request.snapshot_job_id))
         async for kind, job in self.jobs.watch(request.snapshot_job_id):
             yield sps.SnapshotJobEvent(
                 kind=_KIND[kind],
@@ -96,7 +125,8 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
         self,
         request: sps.CancelSnapshotJobRequest,
         context: aio.ServicerContext[sps.CancelSnapshotJobRequest, sps.CancelSnapshotJobResponse],
-        request_id: str,
+        call: Call,
     ) -> sps.CancelSnapshotJobResponse:
+        call.authorize(await self._job_resource(request.snapshot_job_id))
         job = await self.jobs.cancel(request.snapshot_job_id)
-        return sps.CancelSnapshotJobResponse(request_id=request_id, snapshot_job=converters.job_to_proto(job))
+        return sps.CancelSnapshotJobResponse(request_id=call.request_id, snapshot_job=converters.job_to_proto(job))

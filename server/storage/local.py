@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,16 @@ class LocalStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Objects are written here first, then renamed into place, so a crash mid-write
+        # leaves debris only here (swept at server start), never a partial file in a bucket.
+        # A bucket name cannot start with ".", so this folder is never mistaken for one.
+        self.uploads = self.root / ".uploads"
+        self.uploads.mkdir(exist_ok=True)
+
+    def sweep(self) -> None:
+        """Remove what a crashed server left half-written (call before serving)."""
+        shutil.rmtree(self.uploads, ignore_errors=True)
+        self.uploads.mkdir()
 
     def path(self, bucket: str, key: str) -> Path:
         # Keys were validated already; this re-check is the last line of defence against
@@ -55,10 +66,9 @@ class LocalStore:
     async def put_file(self, bucket: str, key: str, path: Path, content_type: str) -> None:
         await asyncio.to_thread(self._put, self.path(bucket, key), path)
 
-    @staticmethod
-    def _put(dest: Path, src: Path) -> None:
+    def _put(self, dest: Path, src: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.part"
+        tmp = self.uploads / f"{uuid.uuid4().hex}.part"
         try:
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
                 while chunk := fin.read(1 << 20):
@@ -92,8 +102,7 @@ class LocalStore:
     async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
         """Used by the CLI's ``put`` to upload a file into the embedded store."""
         dest = self.path(bucket, key)
-        tmp_src = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.src"
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp_src = self.uploads / f"{uuid.uuid4().hex}.src"
         try:
             tmp_src.write_bytes(data)
             await asyncio.to_thread(self._put, dest, tmp_src)

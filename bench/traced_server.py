@@ -1,0 +1,71 @@
+"""``mps-snapshot serve`` with timers around the steps of a synchronous snapshot (for bench.explain_sync).
+
+    .venv/bin/python -m bench.traced_server serve --listen 127.0.0.1:0 --data-dir DIR   # env BENCH_TRACE_FILE
+
+The server code is not changed: this wraps a few of its functions before starting it, and
+appends one JSON line per finished step to $BENCH_TRACE_FILE: ``{"step": ..., "s": seconds,
+"what": ...}``. Steps: ``submit`` (JobService.submit, the whole server-side call), ``head``,
+``probe``, ``run`` (one ffmpeg/ffprobe process incl. its setpriv/prlimit wrapper, ``what`` is
+the program), ``put_file`` (publishing the JPEG, with fsync) and ``put_job`` (the SQLite commit).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def _emit(step: str, seconds: float, what: str = "") -> None:
+    path = os.environ.get("BENCH_TRACE_FILE")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"step": step, "s": seconds, "what": what}) + "\n")
+
+
+def _timed(step: str, fn: Callable[..., Awaitable[T]], what: Callable[..., str] | None = None
+           ) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        started = time.perf_counter()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            _emit(step, time.perf_counter() - started, what(*args, **kwargs) if what else "")
+
+    return wrapper
+
+
+def install() -> None:
+    from server import jobs
+    from server.media import process
+    from server.storage.local import LocalStore
+    from server.store.sqlite import SqliteStore
+
+    targets: list[tuple[object, str, str, Callable[..., str] | None]] = [
+        (process, "run", "run", lambda argv, **_: Path(str(argv[0])).name),
+        (jobs.JobService, "submit", "submit", None),
+        (jobs.JobService, "_take_one", "take_one", None),
+        (LocalStore, "head", "head", None),
+        (LocalStore, "put_file", "put_file", None),
+        (SqliteStore, "put_job", "put_job", None),
+    ]
+    for owner, name, step, what in targets:
+        setattr(owner, name, _timed(step, getattr(owner, name), what))
+
+def main() -> int:
+    install()
+    from client.cli import main as cli_main
+
+    return cli_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

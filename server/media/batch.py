@@ -1,0 +1,252 @@
+"""Many frames per ffmpeg process: seek batches (one input per point) and decode passes
+(one input, a select of the frames shown at the points). argv builders are pure; the
+capture functions run them and map frames back to points, or report None for a point
+they could not serve exactly (the caller then takes it on its own)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from server.media import process
+from server.media.hardening import input_options
+from server.media.probe import MediaInfo
+from server.media.snapshot import _EPS, _GLOBAL, JPEG_QUALITY, Frame, Source, _run, check_jpeg
+
+_SHOWINFO = re.compile(r"\[Parsed_showinfo_(\d+) @ [^\]]*\] (.*)")
+_TB = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
+_PTS = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)")
+
+
+def scale_chain(width: int | None, height: int | None) -> str:
+    """The same sizing as snapshot._scaled, as filtergraph text."""
+    if width and height:
+        scale = f"scale=w={width}:h={height}"
+    elif width:
+        scale = f"scale=w={width}:h={width}/dar+0.5"
+    elif height:
+        scale = f"scale=w={height}*dar+0.5:h={height}"
+    else:
+        scale = "scale=w=iw*sar+0.5:h=ih"
+    return f"{scale},setsar=1,showinfo"
+
+
+def seek_batch_argv(
+    ffmpeg_bin: str,
+    src: Source,
+    starts: Sequence[float],
+    *,
+    intra: bool,
+    width: int | None,
+    height: int | None,
+    outdir: Path,
+) -> list[str]:
+    """One input per start. Chain i is ``[i:v:0]scale,setsar,showinfo``, so its showinfo
+    is filter number 3i+2 of the graph (how the output is matched to the point)."""
+    argv = [ffmpeg_bin, *_GLOBAL]
+    for start in starts:
+        if intra:
+            argv += ["-skip_frame", "nokey", "-noaccurate_seek"]
+        argv += [*input_options(src.protocols), "-ss", f"{start:.6f}", "-copyts", "-i", src.url]
+    chain = scale_chain(width, height)
+    argv += ["-filter_complex", ";".join(f"[{i}:v:0]{chain}[o{i}]" for i in range(len(starts)))]
+    for i in range(len(starts)):
+        argv += ["-map", f"[o{i}]", "-an", "-sn", "-q:v", str(JPEG_QUALITY), "-f", "image2"]
+        if intra:
+            argv += ["-fps_mode", "passthrough", "-frames:v", "2", str(outdir / f"k{i}_%d.jpg")]
+        else:
+            argv += ["-frames:v", "1", "-update", "1", str(outdir / f"e{i}.jpg")]
+    return argv
+
+
+def _select(windows: Sequence[tuple[float, float]]) -> str:
+    terms = "+".join(f"between(t,{a:.6f},{b:.6f})" for a, b in windows)
+    return f"select='{terms}'"
+
+
+def pass_argv(
+    ffmpeg_bin: str,
+    src: Source,
+    *,
+    start_s: float,
+    duration_s: float,
+    windows: Sequence[tuple[float, float]] | None,
+    intra: bool,
+    width: int | None,
+    height: int | None,
+    outdir: Path,
+) -> list[str]:
+    """One decode from ``start_s`` for ``duration_s``; with ``windows`` (absolute seconds)
+    only frames inside them are kept; ``intra`` decodes keyframes only and keeps them all."""
+    argv = [ffmpeg_bin, *_GLOBAL]
+    if intra:
+        argv += ["-skip_frame", "nokey"]
+    argv += [
+        *input_options(src.protocols),
+        "-ss",
+        f"{start_s:.6f}",
+        "-t",
+        f"{duration_s:.6f}",
+        "-copyts",
+        "-i",
+        src.url,
+    ]
+    chain = scale_chain(width, height)
+    graph = f"[0:v:0]{_select(windows)},{chain}[o]" if windows else f"[0:v:0]{chain}[o]"
+    argv += [
+        "-filter_complex",
+        graph,
+        "-map",
+        "[o]",
+        "-an",
+        "-sn",
+        "-q:v",
+        str(JPEG_QUALITY),
+        "-fps_mode",
+        "passthrough",
+        "-f",
+        "image2",
+        str(outdir / "p%06d.jpg"),
+    ]
+    return argv
+
+
+def showinfo_times(stderr: str) -> dict[int, list[float]]:
+    """Frame timestamps (s) seen by each showinfo instance, by its filter number."""
+    bases: dict[int, tuple[int, int]] = {}
+    times: dict[int, list[float]] = defaultdict(list)
+    for match in _SHOWINFO.finditer(stderr):
+        index, text = int(match.group(1)), match.group(2)
+        if (tb := _TB.search(text)) is not None:
+            bases[index] = (int(tb.group(1)), int(tb.group(2)))
+        elif (pts := _PTS.search(text)) is not None and index in bases and bases[index][1]:
+            num, den = bases[index]
+            times[index].append(int(pts.group(2)) * num / den)
+    return times
+
+
+def _claim(path: Path, used: set[Path], dest: Path) -> Path:
+    """A file of the caller's own for each point (two points may show the same frame)."""
+    if path in used:
+        shutil.copyfile(path, dest)
+        return dest
+    used.add(path)
+    return path
+
+
+async def seek_batch(
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    times_s: Sequence[float],
+    *,
+    intra: bool,
+    width: int | None,
+    height: int | None,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
+) -> list[Frame | None]:
+    fd = info.frame_duration_s
+    base = info.start_time_s
+    starts = list(times_s) if intra else [max(0.0, t - fd + min(_EPS, fd / 4)) for t in times_s]
+    result = await _run(
+        seek_batch_argv(ffmpeg_bin, src, starts, intra=intra, width=width, height=height, outdir=workdir),
+        limits,
+        workdir,
+    )
+    seen = showinfo_times(result.stderr)
+    frames: list[Frame | None] = []
+    for i, target in enumerate(times_s):
+        got = [t - base for t in seen.get(3 * i + 2, [])]
+        if intra:
+            files = [workdir / f"k{i}_{n + 1}.jpg" for n in range(min(2, len(got)))]
+            options = [(abs(t - target), n) for n, t in enumerate(got[:2]) if files[n].exists()]
+            if not options:
+                frames.append(None)
+                continue
+            _, best = min(options)
+            w, h = check_jpeg(files[best], max_bytes)
+            frames.append(Frame(files[best], got[best], w, h))
+            continue
+        path = workdir / f"e{i}.jpg"
+        if not got or not path.exists() or got[0] > target + _EPS:
+            frames.append(None)  # variable frame rate: the caller widens the window
+            continue
+        w, h = check_jpeg(path, max_bytes)
+        frames.append(Frame(path, got[0], w, h))
+    return frames
+
+
+async def decode_pass(
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    times_s: Sequence[float],
+    *,
+    intra: bool,
+    tolerances_s: Sequence[float | None],
+    width: int | None,
+    height: int | None,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
+) -> list[Frame | None]:
+    """Frames for points close together, from one decode of their range."""
+    fd = info.frame_duration_s
+    base = info.start_time_s
+    if intra:
+        reach = max((t for t in tolerances_s if t is not None), default=fd)
+        start = max(0.0, min(times_s) - reach - fd)
+        windows = None
+        duration = max(times_s) + reach + fd - start
+    else:
+        start = max(0.0, min(times_s) - fd)
+        windows = sorted({(base + t - fd + min(_EPS, fd / 4), base + t + _EPS / 2) for t in times_s})
+        duration = max(times_s) + fd - start
+    result = await _run(
+        pass_argv(
+            ffmpeg_bin,
+            src,
+            start_s=start,
+            duration_s=duration,
+            windows=windows,
+            intra=intra,
+            width=width,
+            height=height,
+            outdir=workdir,
+        ),
+        limits,
+        workdir,
+    )
+    decoded = [t - base for t in showinfo_times(result.stderr).get(2 if intra else 3, [])]
+    paths = [workdir / f"p{n + 1:06d}.jpg" for n in range(len(decoded))]
+    available = [(t, p) for t, p in zip(decoded, paths, strict=True) if p.exists()]
+    frames: list[Frame | None] = []
+    used: set[Path] = set()
+    for i, target in enumerate(times_s):
+        if intra:
+            # The nearest keyframe decoded; the range reaches past every point by its
+            # tolerance, so a keyframe close enough to count is always among them. The
+            # caller applies the tolerance.
+            candidates = [(abs(t - target), t, p) for t, p in available]
+            if not candidates:
+                frames.append(None)
+                continue
+            _, t, p = min(candidates)
+            p = _claim(p, used, workdir / f"dup{i}.jpg")
+            w, h = check_jpeg(p, max_bytes)
+            frames.append(Frame(p, t, w, h))
+            continue
+        shown = [(t, p) for t, p in available if target - fd + min(_EPS, fd / 4) <= t <= target + _EPS]
+        if not shown:
+            frames.append(None)
+            continue
+        t, p = shown[-1]
+        p = _claim(p, used, workdir / f"dup{i}.jpg")
+        w, h = check_jpeg(p, max_bytes)
+        frames.append(Frame(p, t, w, h))
+    return frames

@@ -1,0 +1,58 @@
+"""The checks every call passes, in order: who is calling, whether they are within their
+rate, and (with the request's resources) whether their policies allow the action."""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator, Mapping
+
+from server.domain.errors import Forbidden, Throttled
+from server.security.authn import Authenticator, Principal
+from server.security.policy import ACTIONS, is_allowed
+from server.security.ratelimit import LIMIT_CLASS, RateLimiter
+
+
+class Guard:
+    def __init__(self, authenticator: Authenticator, limiter: RateLimiter, max_watch_streams: int) -> None:
+        self.authenticator = authenticator
+        self.limiter = limiter
+        self.max_watch_streams = max_watch_streams
+        self._watches: Counter[str] = Counter()
+
+    def admit(self, method: str, full_method: str, metadata: Mapping[str, str], cert_cn: str | None) -> Principal:
+        principal = self.authenticator.authenticate(metadata, full_method, cert_cn)
+        wait = self.limiter.check(principal.name, LIMIT_CLASS.get(method, "other"))
+        if wait:
+            raise Throttled(
+                f"Request was denied due to user flow control: {principal.name} is over the "
+                f"{LIMIT_CLASS.get(method)} rate limit; retry in {wait:.2f} s.",
+                retry_after=wait,
+            )
+        return principal
+
+    def authorize(self, principal: Principal, method: str, resources: tuple[str, ...]) -> None:
+        action = ACTIONS[method]
+        if not is_allowed(principal.statements, action, resources):
+            shown = ", ".join(resources) or "*"
+            raise Forbidden(
+                f"{principal.name} is not allowed to perform {action} on {shown}; ask for a policy "
+                "that allows it (an explicit Deny overrides any Allow)."
+            )
+
+    @contextlib.contextmanager
+    def watch_slot(self, principal: Principal) -> Iterator[None]:
+        if self._watches[principal.name] >= self.max_watch_streams:
+            raise Throttled(
+                f"{principal.name} already has {self.max_watch_streams} WatchSnapshotJob streams open, the limit; "
+                "close one or poll with QuerySnapshotJobList.",
+                code="Throttling.WatchStreams",
+                retry_after=1.0,
+            )
+        self._watches[principal.name] += 1
+        try:
+            yield
+        finally:
+            self._watches[principal.name] -= 1
+            if not self._watches[principal.name]:
+                del self._watches[principal.name]

@@ -1,0 +1,225 @@
+"""Every ffprobe/ffmpeg argv the service builds, for inputs named by nasty object keys.
+
+Each argv must carry -nostdin (ffmpeg), the exact protocol whitelist of its input, the
+format whitelist (no playlists, concat scripts, image sequences or raw formats), the decoder
+whitelist and the pixel limit before its only ``-i``, whose value is ``file:`` + the absolute
+path the service made; the key appears nowhere else, so it cannot become an option, a
+protocol, an image pattern or a filter. Keys are chosen by hand (hypothesis is not installed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from server.domain.errors import InvalidParameter
+from server.media import process
+from server.media.hardening import AUDIO_DECODERS, FORMAT_WHITELIST, MAX_PIXELS, VIDEO_DECODERS
+from server.media.probe import probe, probe_argv
+from server.media.snapshot import Source, black_scan_argv, exact_argv, keyframe_argv
+from server.storage.local import LocalStore
+from tests.media import make_video
+
+# Demuxers that open other files or URLs, read image sequences, or take any bytes as a picture.
+FORBIDDEN_DEMUXERS = {
+    "hls",
+    "applehttp",
+    "dash",
+    "concat",
+    "image2",
+    "image2pipe",
+    "bin",
+    "xbin",
+    "tty",
+    "rawvideo",
+    "data",
+    "lavfi",
+    "mpjpeg",
+    "gif",
+    "subviewer",
+    "ass",
+    "srt",
+    "webvtt",
+    "sdp",
+    "rtsp",
+    "rtp",
+    "libopenmpt",
+}
+
+NASTY_KEYS = [
+    "plain.mp4",
+    "x -f lavfi -i testsrc.mp4",
+    "a/-i/b.mp4",
+    "concat:a.mp4|b.mp4",
+    "subfile,,start,0,end,0,,:passwd",
+    "pipe:0",
+    "file:etc.mp4",
+    "http:x.mp4",
+    "a%03d.jpg",
+    "%d.mp4",
+    "$(id).mp4",
+    "`id`;a&b|c>d.mp4",
+    "'single' \"double\".mp4",
+    "[0:v]scale=1:1,movie=x[out];.mp4",
+    "a,b:c=d\\e.mp4",
+    "a?b#c.mp4",
+    "中文/视频 1.mp4",
+    "...mp4",
+    "a/..b/c.mp4",
+    "x" * 200 + ".mp4",
+]
+
+REFUSED_KEYS = [
+    "-i",
+    "-protocol_whitelist",
+    "../x.mp4",
+    "a/../../etc/passwd",
+    "/etc/passwd",
+    "http://127.0.0.1/x.mp4",
+    "file:///etc/passwd",
+    "a\x00b",
+    "a\nb",
+    "a\tb",
+    "a//b",
+    ".",
+    "",
+]
+
+
+def _all_argvs(url: str, protocols: tuple[str, ...], workdir: Path) -> dict[str, list[str]]:
+    src = Source(url, protocols)
+    return {
+        "probe": probe_argv("/usr/bin/ffprobe", url, protocols),
+        "exact": exact_argv(
+            "/usr/bin/ffmpeg", src, start_s=1.5, window_s=None, width=320, height=None, out=workdir / "exact.jpg"
+        ),
+        "exact-window": exact_argv(
+            "/usr/bin/ffmpeg",
+            src,
+            start_s=0.5,
+            window_s=2.0,
+            width=None,
+            height=240,
+            out=workdir / "exact.jpg",
+            start_offset_s=0.25,
+        ),
+        "keyframe": keyframe_argv(
+            "/usr/bin/ffmpeg", src, time_s=3.0, width=None, height=None, out_pattern=workdir / "key%d.jpg"
+        ),
+        "black-scan": black_scan_argv("/usr/bin/ffmpeg", src, window_s=5.0, pixel_threshold=32),
+    }
+
+
+def _value(argv: list[str], option: str) -> str:
+    assert argv.count(option) == 1, (option, argv)
+    return argv[argv.index(option) + 1]
+
+
+def check_argv(name: str, argv: list[str], url: str, protocols: tuple[str, ...]) -> None:
+    ffmpeg = name != "probe"
+    assert os.path.basename(argv[0]) == ("ffmpeg" if ffmpeg else "ffprobe")
+    assert argv.count("-i") == 1 and argv[argv.index("-i") + 1] == url
+    before_input = argv[: argv.index("-i")]
+    if ffmpeg:
+        assert "-nostdin" in argv[:3]  # a global option, first
+    for option in ("-protocol_whitelist", "-format_whitelist", "-codec_whitelist", "-max_pixels", "-probesize"):
+        assert option in before_input, (name, option)
+    assert _value(argv, "-protocol_whitelist") == ",".join(protocols)
+    formats = _value(argv, "-format_whitelist")
+    assert formats == ",".join(FORMAT_WHITELIST)
+    assert not FORBIDDEN_DEMUXERS & set(formats.split(","))
+    assert not any(f.endswith("_pipe") for f in formats.split(","))
+    assert _value(argv, "-codec_whitelist") == ",".join(VIDEO_DECODERS + AUDIO_DECODERS)
+    assert _value(argv, "-max_pixels") == str(MAX_PIXELS)
+    # Nothing but the input carries the URL (no second input, no filter reading it).
+    assert [a for a in argv if url in a] == [url]
+    if ffmpeg:
+        assert ("-an" in argv and "-sn" in argv) or name == "black-scan"  # the scan writes nothing
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> LocalStore:
+    root = tmp_path_factory.mktemp("argv-data")
+    (root / "bucket").mkdir()
+    return LocalStore(root)
+
+
+@pytest.mark.parametrize("key", NASTY_KEYS)
+def test_every_argv_is_hardened_whatever_the_key(store: LocalStore, key: str, tmp_path: Path) -> None:
+    handle = asyncio.run(store.input_handle("bucket", key))
+    expected_path = os.path.realpath(store.root / "bucket" / key)
+    assert handle.url == "file:" + expected_path
+    assert os.path.isabs(handle.url.removeprefix("file:"))
+    assert handle.protocols == ("file",)
+    for name, argv in _all_argvs(handle.url, handle.protocols, tmp_path).items():
+        check_argv(name, argv, handle.url, handle.protocols)
+        # The key is inside the input URL and nowhere else.
+        assert [a for a in argv if key in a] == [handle.url], (name, argv)
+
+
+@pytest.mark.parametrize("key", REFUSED_KEYS)
+def test_keys_that_could_escape_or_become_options_are_refused(store: LocalStore, key: str) -> None:
+    with pytest.raises(InvalidParameter):
+        asyncio.run(store.input_handle("bucket", key))
+
+
+@pytest.mark.parametrize(
+    ("url", "protocols"),
+    [
+        ("https://s3.example.com/b/k.mp4?X-Amz-Signature=abc", ("https", "tls", "tcp")),
+        ("http://127.0.0.1:9000/b/k.mp4?X-Amz-Signature=abc", ("http", "tcp")),
+    ],
+)
+def test_remote_inputs_get_exactly_their_protocols(url: str, protocols: tuple[str, ...], tmp_path: Path) -> None:
+    for name, argv in _all_argvs(url, protocols, tmp_path).items():
+        check_argv(name, argv, url, protocols)
+        assert "file" not in _value(argv, "-protocol_whitelist").split(",")
+
+
+def test_no_user_string_reaches_a_filter() -> None:
+    """The filter graph is built from validated integers only: a width is an int here."""
+    src = Source("file:/data/b/k.mp4", ("file",))
+    argv = exact_argv("ffmpeg", src, start_s=1.0, window_s=None, width=320, height=180, out=Path("/w/exact.jpg"))
+    graph = _value(argv, "-filter_complex")
+    assert "movie" not in graph and "/" not in graph.replace("/dar", "")
+
+
+KEYS_ON_DISK = [
+    "concat:a.mp4|b.mp4",
+    "subfile,,start,0,end,0,,:passwd",
+    "pipe:0",
+    "%d.mp4",
+    "x -f lavfi -i testsrc.mp4",
+    "$(id).mp4",
+]
+
+
+@pytest.mark.parametrize("key", KEYS_ON_DISK)
+def test_ffprobe_reads_nasty_keys_as_plain_files(
+    store: LocalStore, key: str, tmp_path: Path, tiny: Callable[[], Path]
+) -> None:
+    """Run for real: the object stored under the nasty key is probed as the video it is."""
+    path = store.root / "bucket" / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tiny().read_bytes())
+    handle = asyncio.run(store.input_handle("bucket", key))
+    info = asyncio.run(
+        probe("ffprobe", handle.url, handle.protocols, process.Limits(wall_seconds=20), cwd=str(tmp_path))
+    )
+    assert (info.width, info.height) == (64, 48)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Path]:
+    made: list[Path] = []
+
+    def get() -> Path:
+        if not made:
+            made.append(make_video(tmp_path_factory.mktemp("argv-media") / "t.mp4", size="64x48", seconds=1).path)
+        return made[0]
+
+    return get

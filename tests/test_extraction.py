@@ -1,0 +1,107 @@
+"""The extraction planner's decisions (pure), and both extraction shapes on real video:
+every frame is still exactly the one shown at its time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from client import SnapshotClient
+from client.api import resources_pb2 as res
+from server.domain.extraction import Mode, batch_size, plan_extraction
+from server.media.batch import pass_argv, seek_batch_argv, showinfo_times
+from server.media.snapshot import Source
+from tests.conftest import put
+from tests.media import Video, closest_frame, index_at
+from tests.test_async_jobs import submit_request
+
+
+def test_sparse_points_become_seek_batches_spread_over_the_cores() -> None:
+    plan = plan_extraction([i * 6000.0 for i in range(100)], gop_s=2.0, frame_size=(1920, 1080), processes=2)
+    assert plan.mode is Mode.SEEK
+    assert all(len(c.indexes) <= 8 for c in plan.chunks)
+    assert [i for c in plan.chunks for i in c.indexes] == list(range(100))
+    small = plan_extraction([0.0, 6000.0, 12000.0], gop_s=2.0, frame_size=(1920, 1080), processes=2)
+    assert len(small.chunks) == 2  # both cores busy even for three points
+
+
+def test_dense_points_become_passes() -> None:
+    plan = plan_extraction([i * 1200.0 for i in range(100)], gop_s=2.0, frame_size=(1920, 1080), processes=2)
+    assert plan.mode is Mode.PASS and len(plan.chunks) == 2
+    assert [i for c in plan.chunks for i in c.indexes] == list(range(100))
+    assert (
+        plan_extraction(
+            [i * 1200.0 for i in range(10)], gop_s=2.0, frame_size=(64, 36), processes=2, dense_allowed=False
+        ).mode
+        is Mode.SEEK
+    )
+
+
+def test_batch_size_follows_the_frame_size() -> None:
+    assert batch_size(1920, 1080) == 8
+    assert batch_size(3840, 2160) == 2
+    assert batch_size(320, 180) == 16
+
+
+def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
+    src = Source("file:/data/b/v.mp4", ("file",))
+    argv = seek_batch_argv("ffmpeg", src, [1.0, 5.0], intra=False, width=160, height=None, outdir=tmp_path)
+    assert argv.count("-i") == 2 and argv.count("-protocol_whitelist") == 2 and "-nostdin" in argv
+    graph = argv[argv.index("-filter_complex") + 1]
+    assert graph.count("showinfo") == 2 and "[1:v:0]" in graph
+    dense = pass_argv(
+        "ffmpeg",
+        src,
+        start_s=0.9,
+        duration_s=2.0,
+        windows=[(0.96, 1.0005)],
+        intra=False,
+        width=None,
+        height=None,
+        outdir=tmp_path,
+    )
+    assert "select='between(t,0.960000,1.000500)'" in dense[dense.index("-filter_complex") + 1]
+    log = (
+        "[Parsed_showinfo_5 @ 0x1] config in time_base: 1/100, frame_rate: 25/1\n"
+        "[Parsed_showinfo_2 @ 0x2] config in time_base: 1/1000, frame_rate: 25/1\n"
+        "[Parsed_showinfo_5 @ 0x1] n:   0 pts:    304 pts_time:3.04\n"
+        "[Parsed_showinfo_2 @ 0x2] n:   0 pts:   1000 pts_time:1\n"
+    )
+    assert showinfo_times(log) == {5: [3.04], 2: [1.0]}
+
+
+async def test_dense_time_points_take_one_pass_and_stay_exact(
+    client: SnapshotClient, data_dir: Path, bucket: str, videos: dict[str, Video]
+) -> None:
+    video = videos["main"]  # GOP 2 s: points 40-500 ms apart are dense
+    put(data_dir, bucket, "in.mp4", video.path)
+    points = [1000, 1040, 1100, 1500, 2000, 2020.5, 2020.5, 2500, 3010, 3900]
+    job = (
+        await client.submit(
+            submit_request(bucket, "in.mp4", width=320, time_array=res.TimeArray(time_point_list=points))
+        )
+    ).snapshot_job
+    final = await client.wait(job.id, timeout=60)
+    assert final.state == "Success" and final.count == len(points)
+    for image in final.images:
+        expected = index_at(video.path, image.requested_time / 1000)
+        assert image.time == pytest.approx(expected * 40, abs=0.05)
+        img = Image.open(data_dir / bucket / image.object)
+        assert img.size == (320, 180)
+        assert closest_frame(img, video.path, [expected - 1, expected, expected + 1])[0] == expected
+
+
+async def test_sparse_sequence_in_seek_batches_stays_exact(
+    client: SnapshotClient, data_dir: Path, bucket: str, videos: dict[str, Video]
+) -> None:
+    video = videos["odd_rate"]
+    put(data_dir, bucket, "in.mp4", video.path)
+    job = (await client.submit(submit_request(bucket, "in.mp4", time=123, interval=2, num=3))).snapshot_job
+    final = await client.wait(job.id, timeout=60)
+    assert [i.requested_time for i in final.images] == [123, 2123, 4123]
+    for image in final.images:
+        expected = index_at(video.path, image.requested_time / 1000)
+        img = Image.open(data_dir / bucket / image.object)
+        assert closest_frame(img, video.path, [expected - 1, expected, expected + 1])[0] == expected

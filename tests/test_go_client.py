@@ -1,0 +1,72 @@
+"""The Go client (clients/go) against the in-process server.
+
+clients/go/build.sh generates the Go code and builds the client's test binary with Debian's Go
+toolchain in GOPATH mode (cached in build/go), then the binary runs against this test's server.
+Both run as asyncio subprocesses: the server lives on this test's event loop.
+scripts/setup.sh --dev installs the Debian packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from server.app import App
+from tests.conftest import put
+from tests.media import Video
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_BINARY = ROOT / "build" / "go" / "bin" / "mpsclient.test"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("go") is None or shutil.which("protoc-gen-go-grpc") is None,
+    reason="Go is not installed: the Go client test needs Debian's golang-go, protoc-gen-go-grpc and "
+    "golang-google-grpc-dev (scripts/setup.sh --dev installs them)",
+)
+
+
+async def run_child(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run a command in its own process group; its exit code and combined output."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        pytest.fail(f"{' '.join(args)} did not finish within {timeout} s")
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.timeout(240)
+async def test_go_client_end_to_end(app: App, data_dir: Path, bucket: str, videos: dict[str, Video]) -> None:
+    # A first build takes about 30 s on two cores; later ones come from build/go/cache.
+    code, output = await run_child(["bash", "clients/go/build.sh"], dict(os.environ), timeout=100)
+    assert code == 0, f"clients/go/build.sh failed:\n{output}"
+
+    put(data_dir, bucket, "in/clip.mp4", videos["main"].path)
+    env = {
+        **os.environ,
+        "MPS_SNAPSHOT_TARGET": f"127.0.0.1:{app.port}",
+        "MPS_TEST_BUCKET": bucket,
+        "MPS_TEST_OBJECT": "in/clip.mp4",
+    }
+    code, output = await run_child([str(TEST_BINARY), "-test.v", "-test.timeout", "90s"], env, timeout=100)
+    assert code == 0, output
+    assert "--- FAIL" not in output and "--- SKIP" not in output, output
+    # What the Go client's jobs wrote, seen from the storage side.
+    written = data_dir / bucket / "go"
+    assert (written / "sync" / "clip-1000.jpg").stat().st_size > 0
+    assert sorted(p.name for p in (written / "seq").iterdir()) == ["00001.jpg", "00002.jpg", "00003.jpg"]

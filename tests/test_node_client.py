@@ -1,0 +1,66 @@
+"""The Node.js client (clients/node) against the in-process server.
+
+Runs `node --test clients/node/client.test.mjs` as an asyncio subprocess: the server lives on
+this test's event loop, so the test must await the child rather than block on it.
+scripts/setup.sh --dev installs the npm packages (npm ci in clients/node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from server.app import App
+from tests.conftest import put
+from tests.media import Video
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_DIR = ROOT / "clients" / "node"
+NODE = shutil.which("node")
+
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the Node.js client test needs Node.js 18+")
+
+
+async def run_child(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run a command in its own process group; its exit code and combined output."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        pytest.fail(f"{' '.join(args)} did not finish within {timeout} s")
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def test_node_client_end_to_end(app: App, data_dir: Path, bucket: str, videos: dict[str, Video]) -> None:
+    assert NODE is not None
+    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.fail("clients/node/node_modules is missing: run `bash scripts/setup.sh --dev` (npm ci in clients/node)")
+    put(data_dir, bucket, "in/clip.mp4", videos["main"].path)
+    env = {
+        **os.environ,
+        "MPS_SNAPSHOT_TARGET": f"127.0.0.1:{app.port}",
+        "MPS_TEST_BUCKET": bucket,
+        "MPS_TEST_OBJECT": "in/clip.mp4",
+    }
+    code, output = await run_child([NODE, "--test", str(NODE_DIR / "client.test.mjs")], env, timeout=90)
+    assert code == 0, output
+    assert "# fail 0" in output and "# SKIP" not in output, output
+    # What the Node client's jobs wrote, seen from the storage side.
+    written = data_dir / bucket / "node"
+    assert (written / "sync" / "clip-1000.jpg").stat().st_size > 0
+    assert sorted(p.name for p in (written / "seq").iterdir()) == ["00001.jpg", "00002.jpg", "00003.jpg"]
