@@ -13,7 +13,7 @@ import logging
 import posixpath
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Hashable
 from pathlib import Path
 
 from server.domain import extraction, planning, sprites, validation
@@ -113,16 +113,15 @@ class JobRunner:
         out_store = self.router.for_location(valid.output_file.location, "snapshot_config.output_file.location")
         head = await in_store.head(valid.input.bucket, valid.input_key)
         handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
-        info = await self.engine.probe(
-            handle, (id(in_store), valid.input.bucket, valid.input_key, head.version), self.timeout
-        )
+        version = (id(in_store), valid.input.bucket, valid.input_key, head.version)
+        info = await self.engine.probe(handle, version, self.timeout)
         the_plan = planning.plan(valid.config, info.duration_s)
         outputs = _Outputs(self, job, valid, info, out_store, written)
         points = outputs.points_to_capture(the_plan)
         job = outputs.start(the_plan)
         async with self.engine.workdir(job.id) as workdir:
             first_override = await self._skip_black(handle, the_plan, workdir)
-            frames = self._frames(handle, info, valid, points, first_override, workdir)
+            frames = self._frames(handle, version, info, valid, points, first_override, workdir)
             async with contextlib.aclosing(frames):
                 async for point, frame in frames:
                     if frame is None or outputs.repeats(frame):
@@ -147,6 +146,7 @@ class JobRunner:
     async def _frames(
         self,
         handle: InputHandle,
+        version: Hashable,
         info: MediaInfo,
         valid: validation.ValidRequest,
         points: list[planning.Point],
@@ -163,9 +163,12 @@ class JobRunner:
         intra = valid.frame_type is FrameType.INTRA
         first = 1 if first_override is not None and points else 0
         rest = points[first:]
+        gop_s = 0.0
+        if len(rest) > 2:
+            gop_s = await self.engine.keyframe_interval(handle, version, self.timeout)
         xplan = extraction.plan_extraction(
             [p.time_ms for p in rest],
-            gop_s=getattr(info, "keyframe_interval_s", 0.0) or 2.0,
+            gop_s=gop_s,
             frame_size=info.output_size(config.width, config.height),
             processes=self.engine.max_processes,
             dense_allowed=not intra or all(p.tolerance_ms is not None for p in rest),

@@ -18,6 +18,7 @@ import pytest
 
 from server.domain.errors import InvalidParameter
 from server.media import process
+from server.media.batch import pass_argv, seek_batch_argv
 from server.media.hardening import AUDIO_DECODERS, FORMAT_WHITELIST, MAX_PIXELS, VIDEO_DECODERS
 from server.media.probe import probe, probe_argv
 from server.media.snapshot import Source, black_scan_argv, exact_argv, keyframe_argv
@@ -92,25 +93,43 @@ REFUSED_KEYS = [
 
 def _all_argvs(url: str, protocols: tuple[str, ...], workdir: Path) -> dict[str, list[str]]:
     src = Source(url, protocols)
+    ffmpeg = "/usr/bin/ffmpeg"
     return {
         "probe": probe_argv("/usr/bin/ffprobe", url, protocols),
-        "exact": exact_argv(
-            "/usr/bin/ffmpeg", src, start_s=1.5, window_s=None, width=320, height=None, out=workdir / "exact.jpg"
-        ),
+        "exact": exact_argv(ffmpeg, src, start_s=1.5, window_s=None, width=320, height=None, out=workdir / "e.jpg"),
         "exact-window": exact_argv(
-            "/usr/bin/ffmpeg",
+            ffmpeg, src, start_s=0.5, window_s=2.0, width=None, height=240, out=workdir / "e.jpg", start_offset_s=0.25
+        ),
+        "keyframe": keyframe_argv(ffmpeg, src, time_s=3.0, width=None, height=None, out_pattern=workdir / "key%d.jpg"),
+        "black-scan": black_scan_argv(ffmpeg, src, window_s=5.0, pixel_threshold=32),
+        "seek-batch": seek_batch_argv(
+            ffmpeg, src, [1.0, 5.0, 9.0], intra=False, width=320, height=None, outdir=workdir
+        ),
+        "seek-batch-intra": seek_batch_argv(
+            ffmpeg, src, [1.0, 5.0], intra=True, width=None, height=None, outdir=workdir
+        ),
+        "pass": pass_argv(
+            ffmpeg,
             src,
-            start_s=0.5,
-            window_s=2.0,
+            start_s=1.0,
+            duration_s=2.0,
+            windows=[(1.0, 1.04), (2.0, 2.04)],
+            intra=False,
             width=None,
-            height=240,
-            out=workdir / "exact.jpg",
-            start_offset_s=0.25,
+            height=180,
+            outdir=workdir,
         ),
-        "keyframe": keyframe_argv(
-            "/usr/bin/ffmpeg", src, time_s=3.0, width=None, height=None, out_pattern=workdir / "key%d.jpg"
+        "pass-intra": pass_argv(
+            ffmpeg,
+            src,
+            start_s=0.0,
+            duration_s=10.0,
+            windows=None,
+            intra=True,
+            width=64,
+            height=64,
+            outdir=workdir,
         ),
-        "black-scan": black_scan_argv("/usr/bin/ffmpeg", src, window_s=5.0, pixel_threshold=32),
     }
 
 
@@ -119,26 +138,35 @@ def _value(argv: list[str], option: str) -> str:
     return argv[argv.index(option) + 1]
 
 
+INPUT_OPTIONS = ("-protocol_whitelist", "-format_whitelist", "-codec_whitelist", "-max_pixels", "-probesize")
+
+
 def check_argv(name: str, argv: list[str], url: str, protocols: tuple[str, ...]) -> None:
+    """Every input (a seek batch has several) gets all the whitelists just before its -i."""
     ffmpeg = name != "probe"
     assert os.path.basename(argv[0]) == ("ffmpeg" if ffmpeg else "ffprobe")
-    assert argv.count("-i") == 1 and argv[argv.index("-i") + 1] == url
-    before_input = argv[: argv.index("-i")]
     if ffmpeg:
         assert "-nostdin" in argv[:3]  # a global option, first
-    for option in ("-protocol_whitelist", "-format_whitelist", "-codec_whitelist", "-max_pixels", "-probesize"):
-        assert option in before_input, (name, option)
-    assert _value(argv, "-protocol_whitelist") == ",".join(protocols)
-    formats = _value(argv, "-format_whitelist")
-    assert formats == ",".join(FORMAT_WHITELIST)
-    assert not FORBIDDEN_DEMUXERS & set(formats.split(","))
-    assert not any(f.endswith("_pipe") for f in formats.split(","))
-    assert _value(argv, "-codec_whitelist") == ",".join(VIDEO_DECODERS + AUDIO_DECODERS)
-    assert _value(argv, "-max_pixels") == str(MAX_PIXELS)
-    # Nothing but the input carries the URL (no second input, no filter reading it).
-    assert [a for a in argv if url in a] == [url]
-    if ffmpeg:
-        assert ("-an" in argv and "-sn" in argv) or name == "black-scan"  # the scan writes nothing
+    inputs = [i for i, a in enumerate(argv) if a == "-i"]
+    assert inputs and all(argv[i + 1] == url for i in inputs)
+    # Nothing but the inputs carries the URL (no filter or output reading it).
+    assert [a for a in argv if url in a] == [url] * len(inputs)
+    previous = 0
+    for at in inputs:
+        segment = argv[previous:at]
+        previous = at + 2
+        for option in INPUT_OPTIONS:
+            assert segment.count(option) == 1, (name, option, segment)
+        assert _value(segment, "-protocol_whitelist") == ",".join(protocols)
+        formats = _value(segment, "-format_whitelist")
+        assert formats == ",".join(FORMAT_WHITELIST)
+        assert not FORBIDDEN_DEMUXERS & set(formats.split(","))
+        assert not any(f.endswith("_pipe") for f in formats.split(","))
+        assert _value(segment, "-codec_whitelist") == ",".join(VIDEO_DECODERS + AUDIO_DECODERS)
+        assert _value(segment, "-max_pixels") == str(MAX_PIXELS)
+    if ffmpeg and name != "black-scan":  # the scan writes no file
+        assert "-an" in argv and "-sn" in argv
+        assert "-f" in argv[inputs[-1] :] and "image2" in argv[inputs[-1] :]
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +186,7 @@ def test_every_argv_is_hardened_whatever_the_key(store: LocalStore, key: str, tm
     for name, argv in _all_argvs(handle.url, handle.protocols, tmp_path).items():
         check_argv(name, argv, handle.url, handle.protocols)
         # The key is inside the input URL and nowhere else.
-        assert [a for a in argv if key in a] == [handle.url], (name, argv)
+        assert {a for a in argv if key in a} == {handle.url}, (name, argv)
 
 
 @pytest.mark.parametrize("key", REFUSED_KEYS)
@@ -177,7 +205,9 @@ def test_keys_that_could_escape_or_become_options_are_refused(store: LocalStore,
 def test_remote_inputs_get_exactly_their_protocols(url: str, protocols: tuple[str, ...], tmp_path: Path) -> None:
     for name, argv in _all_argvs(url, protocols, tmp_path).items():
         check_argv(name, argv, url, protocols)
-        assert "file" not in _value(argv, "-protocol_whitelist").split(",")
+        for at, arg in enumerate(argv):
+            if arg == "-protocol_whitelist":
+                assert "file" not in argv[at + 1].split(",")
 
 
 def test_no_user_string_reaches_a_filter() -> None:

@@ -105,3 +105,53 @@ async def test_sparse_sequence_in_seek_batches_stays_exact(
         expected = index_at(video.path, image.requested_time / 1000)
         img = Image.open(data_dir / bucket / image.object)
         assert closest_frame(img, video.path, [expected - 1, expected, expected + 1])[0] == expected
+
+
+def test_keyframe_interval_estimate() -> None:
+    from server.media.probe import keyframe_interval
+
+    assert keyframe_interval("0.000000,K_\n0.033,__\n2.000000,K_\n4.000000,K_\n") == 2.0
+    assert keyframe_interval("0.0,K_\n" + "".join(f"{i / 30:.6f},__\n" for i in range(1, 200))) == pytest.approx(
+        199 / 30
+    )  # one keyframe in the packets read: the span is a lower bound
+    assert keyframe_interval("") == 1.0
+
+
+async def test_subtitles_and_unusual_audio_do_not_stop_the_probe(
+    client: SnapshotClient, data_dir: Path, bucket: str, media_dir: Path
+) -> None:
+    from tests.media import ffmpeg
+
+    srt = media_dir / "subs.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:02,000\nhello\n")
+    path = media_dir / "subs.mov"
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=25:duration=3",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=3",
+        "-i",
+        str(srt),
+        "-c:v",
+        "libx264",
+        "-c:a",
+        "pcm_u8",
+        "-c:s",
+        "mov_text",
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-map",
+        "2",
+        str(path),
+    )
+    put(data_dir, bucket, "subs.mov", path)
+    from tests.test_sync_snapshots import request
+
+    job = (await client.submit(request(bucket, "subs.mov", "s.jpg", time=1000))).snapshot_job
+    assert job.state == "Success" and job.images[0].time == 1000

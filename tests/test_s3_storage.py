@@ -454,7 +454,7 @@ async def store(faulty: FaultProxy) -> AsyncIterator[S3Store]:
             secret_access_key=SECRET,
             read_timeout_s=2.0,
             connect_timeout_s=2.0,
-            max_attempts=4,
+            max_attempts=3,
             multipart_threshold_bytes=5 * 1024 * 1024,
             multipart_part_bytes=5 * 1024 * 1024,
             label="s3-*",

@@ -43,6 +43,7 @@ class MediaEngine:
         self._memory = memory_bytes
         self._max_image_bytes = max_image_bytes
         self._probes: OrderedDict[Hashable, probe_mod.MediaInfo] = OrderedDict()
+        self._gops: OrderedDict[Hashable, float] = OrderedDict()
         self._probe_cap = probe_cache_entries
         #: What an input must satisfy at probe time (streams, pixels, duration).
         self.probe_limits = probe_mod.ProbeLimits(
@@ -102,6 +103,21 @@ class MediaEngine:
         while len(self._probes) > self._probe_cap:
             self._probes.popitem(last=False)
         return info
+
+    async def keyframe_interval(self, handle: InputHandle, cache_key: Hashable, wall_seconds: float) -> float:
+        """Seconds between keyframes near the start of the input (cached like probes)."""
+        key = ("keyframes", cache_key)
+        cached = self._gops.get(key)
+        if cached is not None:
+            return cached
+        async with self._slot(), self.workdir("keys") as folder:
+            gop = await probe_mod.probe_keyframes(
+                self.ffprobe, handle.url, handle.protocols, self.limits(wall_seconds), cwd=str(folder)
+            )
+        self._gops[key] = gop
+        while len(self._gops) > self._probe_cap:
+            self._gops.popitem(last=False)
+        return gop
 
     async def snapshot(
         self,

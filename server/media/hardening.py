@@ -46,7 +46,33 @@ AUDIO_DECODERS = (
     "pcm_s16be",
     "pcm_s24le",
     "pcm_f32le",
+    "pcm_u8",
+    "pcm_s32le",
+    "pcm_alaw",
+    "pcm_mulaw",
+    "wmav1",
     "wmav2",
+    "amrnb",
+    "amrwb",
+    "dca",
+    "truehd",
+    "adpcm_ima_wav",
+    "adpcm_ms",
+)
+# Likewise for subtitle streams, common in MKV and MP4 files: ffprobe fails on a stream
+# whose decoder it may not open. They are never decoded for output.
+SUBTITLE_DECODERS = (
+    "subrip",
+    "srt",
+    "ass",
+    "ssa",
+    "mov_text",
+    "webvtt",
+    "text",
+    "dvdsub",
+    "dvbsub",
+    "pgssub",
+    "eia_608",
 )
 MAX_PIXELS = 8192 * 8192
 
@@ -91,7 +117,7 @@ def input_options(protocols: tuple[str, ...]) -> list[str]:
         "-format_whitelist",
         ",".join(FORMAT_WHITELIST),
         "-codec_whitelist",
-        ",".join(VIDEO_DECODERS + AUDIO_DECODERS),
+        ",".join(VIDEO_DECODERS + AUDIO_DECODERS + SUBTITLE_DECODERS),
         "-max_pixels",
         str(MAX_PIXELS),
         "-probesize",

@@ -8,6 +8,7 @@ found, never a server path or URL.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -216,6 +217,63 @@ async def probe(
     if result.returncode != 0:
         raise ResourceContentBad(f"The input is not a readable video: {_first_error(result.stderr)}.")
     return parse_probe(result.stdout, checks, result.stderr)
+
+
+#: Video packets read to estimate the keyframe interval (about 6-7 s at 30 fps); only the
+#: planner of multi-image jobs needs it, so single snapshots never pay for it.
+KEYFRAME_PACKETS = 200
+
+
+def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
+    return [
+        ffprobe,
+        "-hide_banner",
+        "-v",
+        "error",
+        *input_options(protocols),
+        "-select_streams",
+        "v:0",
+        "-read_intervals",
+        f"%+#{KEYFRAME_PACKETS}",
+        "-show_entries",
+        "packet=pts_time,flags",
+        "-of",
+        "csv=p=0",
+        "-i",
+        url,
+    ]
+
+
+def keyframe_interval(csv: str) -> float:
+    """The distance between the first keyframes, or, with fewer than two in the packets
+    read, the span read (a lower bound: underestimating only makes the planner seek, which
+    is never much slower, whereas overestimating could make it decode far too much)."""
+    keys: list[float] = []
+    span = 0.0
+    for line in csv.splitlines():
+        time_text, _, flags = line.partition(",")
+        value = _float(time_text)
+        if not math.isfinite(value):
+            continue
+        span = max(span, value)
+        if "K" in flags:
+            keys.append(value)
+    distinct = sorted(set(keys))
+    if len(distinct) >= 2:
+        return max(0.04, min(b - a for a, b in itertools.pairwise(distinct)))
+    return max(1.0, span - (distinct[0] if distinct else 0.0))
+
+
+async def probe_keyframes(
+    ffprobe: str, url: str, protocols: tuple[str, ...], limits: process.Limits, *, cwd: str | None = None
+) -> float:
+    try:
+        result = await process.run(keyframes_argv(ffprobe, url, protocols), limits=limits, cwd=cwd)
+    except process.ProcessTimeout:
+        raise ResourceContentBad(f"Reading the input's keyframes took longer than {limits.wall_seconds:g} s.") from None
+    if result.returncode != 0:
+        raise ResourceContentBad(f"The input is not a readable video: {_first_error(result.stderr)}.")
+    return keyframe_interval(result.stdout.decode(errors="replace"))
 
 
 # "[hls @ 0x55d0c5a1] Format not on whitelist '...'": the demuxer's name is a fixed word.

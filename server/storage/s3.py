@@ -272,6 +272,8 @@ class S3Store:
                 "give this server's credentials that permission, or check the credentials configured for "
                 "this Location."
             )
+        if code == "NoSuchUpload":  # the storage dropped our multipart upload midway
+            return TransientError(f"{self._where()} lost the multipart upload of {key!r}; retry later.")
         if status == 404 or code in _MISSING_CODES:
             if code == "NoSuchBucket":
                 return ResourceNotFound(f"Bucket {bucket!r} does not exist in {self._where()}; check Bucket.")
