@@ -81,12 +81,10 @@ class JobService:
     async def submit(self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None) -> Job:
         valid = validation.validate(request)
         pipeline = self.pipelines.resolve(request.pipeline_id)
-        in_store = self.router.for_location(valid.input.location, "input.location")
-        self.router.for_location(valid.output_file.location, "snapshot_config.output_file.location")
+        in_store = self.router.store_for(valid.input, "input")
+        self.router.store_for(valid.output_file, "snapshot_config.output_file")
         if valid.config.tile_output_file is not None and valid.config.tile_out is not None:
-            self.router.for_location(
-                valid.config.tile_output_file.location, "snapshot_config.tile_output_file.location"
-            )
+            self.router.store_for(valid.config.tile_output_file, "snapshot_config.tile_output_file")
         head = await in_store.head(valid.input.bucket, valid.input_key)
         job = Job(
             id=new_id(),
@@ -208,7 +206,7 @@ class JobService:
                 "long; use a Time below the duration, or FrameType intra to get the last keyframe."
             )
         out = valid.output_file
-        out_store = self.router.for_location(out.location, "snapshot_config.output_file.location")
+        out_store = self.router.store_for(out, "snapshot_config.output_file")
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
         async with self.engine.workdir(job.id) as workdir:
             frame = await self.engine.snapshot(

@@ -13,7 +13,7 @@ import logging
 import posixpath
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Hashable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from pathlib import Path
 
 from server.domain import extraction, planning, sprites, validation
@@ -109,8 +109,8 @@ class JobRunner:
 
     async def _capture_all(self, job: Job, written: _Written) -> Job:
         valid = validation.validate(job.request)
-        in_store = self.router.for_location(valid.input.location, "input.location")
-        out_store = self.router.for_location(valid.output_file.location, "snapshot_config.output_file.location")
+        in_store = self.router.store_for(valid.input, "input")
+        out_store = self.router.store_for(valid.output_file, "snapshot_config.output_file")
         head = await in_store.head(valid.input.bucket, valid.input_key)
         handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
         version = (id(in_store), valid.input.bucket, valid.input_key, head.version)
@@ -121,7 +121,12 @@ class JobRunner:
         job = outputs.start(the_plan)
         async with self.engine.workdir(job.id) as workdir:
             first_override = await self._skip_black(handle, the_plan, workdir)
-            frames = self._frames(handle, version, info, valid, points, first_override, workdir)
+
+            async def fresh_handle() -> InputHandle:
+                # Signed anew for every ffmpeg run: presigned URLs expire, long jobs do not.
+                return await in_store.input_handle(valid.input.bucket, valid.input_key)
+
+            frames = self._frames(fresh_handle, version, info, valid, points, first_override, workdir)
             async with contextlib.aclosing(frames):
                 async for point, frame in frames:
                     if frame is None or outputs.repeats(frame):
@@ -145,7 +150,7 @@ class JobRunner:
 
     async def _frames(
         self,
-        handle: InputHandle,
+        new_handle: Callable[[], Awaitable[InputHandle]],
         version: Hashable,
         info: MediaInfo,
         valid: validation.ValidRequest,
@@ -165,7 +170,7 @@ class JobRunner:
         rest = points[first:]
         gop_s = 0.0
         if len(rest) > 2:
-            gop_s = await self.engine.keyframe_interval(handle, version, self.timeout)
+            gop_s = await self.engine.keyframe_interval(await new_handle(), version, self.timeout)
         xplan = extraction.plan_extraction(
             [p.time_ms for p in rest],
             gop_s=gop_s,
@@ -181,6 +186,7 @@ class JobRunner:
             folder = workdir / f"c{number:05d}"
             folder.mkdir()
             wanted = [points[i] for i in indexes]
+            handle = await new_handle()
             times = [p.time_ms / 1000 for p in wanted]
             w, h, t = config.width, config.height, self.timeout
             results: list[Frame | None]
@@ -282,9 +288,7 @@ class _Outputs:
         self.tile_store = out_store
         self.layout: sprites.Layout | None = None
         if config.tile_out is not None and valid.tile_name is not None and config.tile_output_file is not None:
-            self.tile_store = runner.router.for_location(
-                config.tile_output_file.location, "snapshot_config.tile_output_file.location"
-            )
+            self.tile_store = runner.router.store_for(config.tile_output_file, "snapshot_config.tile_output_file")
             self.layout = sprites.layout(
                 config.tile_out, info.output_size(config.width, config.height), valid.background
             )

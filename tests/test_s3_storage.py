@@ -552,6 +552,7 @@ async def test_credentials_from_environment_and_profiles_by_role(
         faulty.log.clear()
         assert (await store.head(s3_bucket, "k.mp4")).size == 10  # environment credentials
         reader = store.for_role("acs:ram::1:role/reader")
+        assert store.for_role("acs:ram::1:role/reader") is reader
         assert (await reader.head(s3_bucket, "k.mp4")).size == 10
         url = (await reader.input_handle(s3_bucket, "k.mp4")).url
         assert "AKIAREADER" in urllib.parse.unquote(url)

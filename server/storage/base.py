@@ -45,3 +45,8 @@ class ObjectStore(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+    def for_role(self, role_arn: str) -> ObjectStore:
+        """The store as the request's RoleArn sees it (a credentials profile); ``self`` when
+        roles mean nothing to the backend. Returns the same object for the same role."""
+        ...

@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from server.domain.errors import InvalidParameter
+from server.domain.models import ObjectRef
 from server.storage.base import ObjectStore
 
 
@@ -32,6 +33,10 @@ class StorageRouter:
             + ".",
             code="InvalidParameter.LocationInvalid",
         )
+
+    def store_for(self, ref: ObjectRef, field: str) -> ObjectStore:
+        """The backend of ``ref``'s Location, as ``ref``'s RoleArn sees it."""
+        return self.for_location(ref.location, f"{field}.location").for_role(ref.role_arn)
 
     async def close(self) -> None:
         seen: set[int] = set()

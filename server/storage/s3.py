@@ -143,6 +143,7 @@ class S3Store:
         self._stack = contextlib.AsyncExitStack()
         self._aborts: set[asyncio.Task[None]] = set()
         self._default = _Bound(self, "")
+        self._views: dict[str, _Bound] = {}
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -238,7 +239,9 @@ class S3Store:
                 f"RoleArn {role_arn!r} is not configured for the storage of Location {self.options.label!r}; "
                 "use one of the roles in its profiles_by_role, or no RoleArn."
             )
-        return _Bound(self, profile)
+        # One view per profile, so callers keying caches by the store object (the probe
+        # cache does) see the same object every time.
+        return self._views.setdefault(profile, _Bound(self, profile))
 
     # -- ObjectStore ---------------------------------------------------------------------
 
@@ -333,6 +336,9 @@ class _Bound:
     @property
     def client(self) -> Any:
         return self.store._client(self.profile)
+
+    def for_role(self, role_arn: str) -> ObjectStore:
+        return self.store.for_role(role_arn)
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
         client, store = self.client, self.store
