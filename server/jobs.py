@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from server.domain import planning, sprites, validation
 from server.domain.errors import (
+    FieldViolation,
+    IdempotentParameterMismatch,
     InternalError,
     InvalidParameter,
     InvalidState,
@@ -26,11 +29,14 @@ from server.media.engine import MediaEngine
 from server.pipelines import PipelineRegistry
 from server.storage.base import ObjectInfo, ObjectStore
 from server.storage.router import StorageRouter
+from server.store import codec
 from server.store.sqlite import JobFilter, SqliteStore
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_IDS = 10
+#: How long a ClientToken is remembered.
+TOKEN_WINDOW = timedelta(hours=24)
 DEFAULT_PAGE_SIZE = 30
 MAX_PAGE_SIZE = 300
 # Time kept back from the caller's deadline to record the failure and answer.
@@ -66,6 +72,7 @@ class JobService:
         self.pipelines = pipelines
         self.sync_timeout_s = sync_timeout_s
         self.max_sprite_pixels = max_sprite_pixels
+        self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.events = JobEvents()
         #: Set by the scheduler: commits and queues an async job.
         self.submit_async: AsyncSubmit | None = None
@@ -78,7 +85,45 @@ class JobService:
         self.events.publish(kind, job)
         return job
 
-    async def submit(self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None) -> Job:
+    async def submit(
+        self,
+        request: SnapshotRequest,
+        *,
+        request_id: str,
+        time_remaining: float | None,
+        principal: str = "",
+        client_token: str = "",
+    ) -> Job:
+        """Create a job; with a ClientToken, a repeat of an earlier call returns its job."""
+        if not client_token:
+            return await self._submit(request, request_id=request_id, time_remaining=time_remaining)
+        if not (1 <= len(client_token) <= 64 and client_token.isascii() and client_token.isprintable()):
+            raise InvalidParameter.field("client_token", "ClientToken must be 1-64 printable ASCII characters.")
+        key = (principal, client_token)
+        lock = self._token_locks.setdefault(key, asyncio.Lock())
+        try:
+            # Concurrent retries with one token wait for the first, then find its job.
+            async with lock:
+                digest = hashlib.sha256(codec.dumps(request).encode()).hexdigest()
+                since = now() - TOKEN_WINDOW
+                found = await self.store.get_token(principal, client_token, since)
+                if found is not None:
+                    if found[0] != digest:
+                        raise IdempotentParameterMismatch(
+                            "This ClientToken was used for a different request; use a new token for a new job.",
+                            violations=(FieldViolation("client_token", "used before with another request"),),
+                        )
+                    job = await self.store.get_job(found[1])
+                    if job is not None:
+                        return job
+                job = await self._submit(request, request_id=request_id, time_remaining=time_remaining)
+                await self.store.put_token(principal, client_token, digest, job.id, now(), since)
+                return job
+        finally:
+            if not lock.locked() and self._token_locks.get(key) is lock:
+                del self._token_locks[key]
+
+    async def _submit(self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None) -> Job:
         valid = validation.validate(request)
         pipeline = self.pipelines.resolve(request.pipeline_id)
         in_store = self.router.store_for(valid.input, "input")

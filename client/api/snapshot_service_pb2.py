@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from client.api import resources_pb2 as mps_dot_snapshot_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&mps/snapshot/v1/snapshot_service.proto\x12\x0fmps.snapshot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fmps/snapshot/v1/resources.proto\"\xd2\x01\n\x18SubmitSnapshotJobRequest\x12.\n\x05input\x18\x01 \x01(\x0b\x32\x18.mps.snapshot.v1.OSSFileR\x05Input\x12H\n\x0fsnapshot_config\x18\x02 \x01(\x0b\x32\x1f.mps.snapshot.v1.SnapshotConfigR\x0eSnapshotConfig\x12\x1b\n\tuser_data\x18\x03 \x01(\tR\x08UserData\x12\x1f\n\x0bpipeline_id\x18\x04 \x01(\tR\nPipelineId\"{\n\x19SubmitSnapshotJobResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\tRequestId\x12?\n\x0csnapshot_job\x18\x02 \x01(\x0b\x32\x1c.mps.snapshot.v1.SnapshotJobR\x0bSnapshotJob\"\xab\x03\n\x1bQuerySnapshotJobListRequest\x12(\n\x10snapshot_job_ids\x18\x01 \x03(\tR\x0eSnapshotJobIds\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rNextPageToken\x12/\n\x11maximum_page_size\x18\x03 \x01(\x03H\x00R\x0fMaximumPageSize\x88\x01\x01\x12\x14\n\x05state\x18\x04 \x01(\tR\x05State\x12_\n\x1fstart_of_job_created_time_range\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x1aStartOfJobCreatedTimeRange\x12[\n\x1d\x65nd_of_job_created_time_range\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x18\x45ndOfJobCreatedTimeRange\x12\x1f\n\x0bpipeline_id\x18\x07 \x01(\tR\nPipelineIdB\x14\n\x12_maximum_page_size\"\xeb\x01\n\x1cQuerySnapshotJobListResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\tRequestId\x12H\n\x11snapshot_job_list\x18\x02 \x03(\x0b\x32\x1c.mps.snapshot.v1.SnapshotJobR\x0fSnapshotJobList\x12:\n\x1anon_exist_snapshot_job_ids\x18\x03 \x03(\tR\x16NonExistSnapshotJobIds\x12&\n\x0fnext_page_token\x18\x04 \x01(\tR\rNextPageToken\"A\n\x17WatchSnapshotJobRequest\x12&\n\x0fsnapshot_job_id\x18\x01 \x01(\tR\rSnapshotJobId\"\xa9\x01\n\x13SnapshotJobProgress\x12\x1f\n\x0bimages_done\x18\x01 \x01(\x05R\nImagesDone\x12%\n\x0eimages_planned\x18\x02 \x01(\x05R\rImagesPlanned\x12!\n\x0csprites_done\x18\x03 \x01(\x05R\x0bSpritesDone\x12\'\n\x0fsprites_planned\x18\x04 \x01(\x05R\x0eSpritesPlanned\"\xca\x02\n\x10SnapshotJobEvent\x12:\n\x04kind\x18\x01 \x01(\x0e\x32&.mps.snapshot.v1.SnapshotJobEvent.KindR\x04Kind\x12?\n\x0csnapshot_job\x18\x02 \x01(\x0b\x32\x1c.mps.snapshot.v1.SnapshotJobR\x0bSnapshotJob\x12@\n\x08progress\x18\x03 \x01(\x0b\x32$.mps.snapshot.v1.SnapshotJobProgressR\x08Progress\"w\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_INITIAL\x10\x01\x12\x16\n\x12KIND_STATE_CHANGED\x10\x02\x12\x16\n\x12KIND_IMAGE_WRITTEN\x10\x03\x12\x17\n\x13KIND_SPRITE_WRITTEN\x10\x04\"B\n\x18\x43\x61ncelSnapshotJobRequest\x12&\n\x0fsnapshot_job_id\x18\x01 \x01(\tR\rSnapshotJobId\"{\n\x19\x43\x61ncelSnapshotJobResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\tRequestId\x12?\n\x0csnapshot_job\x18\x02 \x01(\x0b\x32\x1c.mps.snapshot.v1.SnapshotJobR\x0bSnapshotJob2\xc1\x03\n\x0fSnapshotService\x12j\n\x11SubmitSnapshotJob\x12).mps.snapshot.v1.SubmitSnapshotJobRequest\x1a*.mps.snapshot.v1.SubmitSnapshotJobResponse\x12s\n\x14QuerySnapshotJobList\x12,.mps.snapshot.v1.QuerySnapshotJobListRequest\x1a-.mps.snapshot.v1.QuerySnapshotJobListResponse\x12\x61\n\x10WatchSnapshotJob\x12(.mps.snapshot.v1.WatchSnapshotJobRequest\x1a!.mps.snapshot.v1.SnapshotJobEvent0\x01\x12j\n\x11\x43\x61ncelSnapshotJob\x12).mps.snapshot.v1.CancelSnapshotJobRequest\x1a*.mps.snapshot.v1.CancelSnapshotJobResponseB5\n\x11io.mpssnapshot.v1P\x01Z\x1emps-snapshot/gen/mpssnapshotv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&mps/snapshot/v1/snapshot_service.proto\x12\x0fmps.snapshot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fmps/snapshot/v1/resources.proto\"\xf5\x01\n\x18SubmitSnapshotJobRequest\x12.\n\x05input\x18\x01 \x01(\x0b\x32\x18.mps.snapshot.v1.OSSFileR\x05Input\x12H\n\x0fsnapshot_config\x18\x02 \x01(\x0b\x32\x1f.mps.snapshot.v1.SnapshotConfigR\x0eSnapshotConfig\x12\x1b\n\tuser_data\x18\x03 \x01(\tR\x08UserData\x12\x1f\n\x0bpipeline_id\x18\x04 \x01(\tR\nPipelineId\x12!\n\x0c\x63lient_token\x18\x05 \x01(\tR\x0b\x43lientToken\"{\n\x19SubmitSnapshotJobResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\tRequestId\x12?\n\x0csnapshot_job\x18\x02 \x01(\x0b\x32\x1c.mps.snapshot.v1.SnapshotJobR\x0bSnapshotJob\"\xab\x03\n\x1bQuerySnapshotJobListRequest\x12(\n\x10snapshot_job_ids\x18\x01 \x03(\tR\x0eSnapshotJobIds\x12&\n\x0fnext_page_token\x18\x02 \x01(\tR\rNextPageToken\x12/\n\x11maximum_page_size\x18\x03 \x01(\x03H\x00R\x0fMaximumPageSize\x88\x01\x01\x12\x14\n\x05state\x18\x04 \x01(\tR\x05State\x12_\n\x1fstart_of_job_created_time_range\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x1aStartOfJobCreatedTimeRange\x12[\n\x1d\x65nd_of_job_created_time_range\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x18\x45ndOfJobCreatedTimeRange\x12\x1f\n\x0bpipeline_id\x18\x07 \x01(\tR\nPipelineIdB\x14\n\x12_maximum_page_size\"\xeb\x01\n\x1cQuerySnapshotJobListResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\tRequestId\x12H\n\x11snapshot_job_list\x18\x02 \x03(\x0b\x32\x1c.mps.snapshot.v1.SnapshotJobR\x0fSnapshotJobList\x12:\n\x1anon_exist_snapshot_job_ids\x18\x03 \x03(\tR\x16NonExistSnapshotJobIds\x12&\n\x0fnext_page_token\x18\x04 \x01(\tR\rNextPageToken\"A\n\x17WatchSnapshotJobRequest\x12&\n\x0fsnapshot_job_id\x18\x01 \x01(\tR\rSnapshotJobId\"\xa9\x01\n\x13SnapshotJobProgress\x12\x1f\n\x0bimages_done\x18\x01 \x01(\x05R\nImagesDone\x12%\n\x0eimages_planned\x18\x02 \x01(\x05R\rImagesPlanned\x12!\n\x0csprites_done\x18\x03 \x01(\x05R\x0bSpritesDone\x12\'\n\x0fsprites_planned\x18\x04 \x01(\x05R\x0eSpritesPlanned\"\xca\x02\n\x10SnapshotJobEvent\x12:\n\x04kind\x18\x01 \x01(\x0e\x32&.mps.snapshot.v1.SnapshotJobEvent.KindR\x04Kind\x12?\n\x0csnapshot_job\x18\x02 \x01(\x0b\x32\x1c.mps.snapshot.v1.SnapshotJobR\x0bSnapshotJob\x12@\n\x08progress\x18\x03 \x01(\x0b\x32$.mps.snapshot.v1.SnapshotJobProgressR\x08Progress\"w\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_INITIAL\x10\x01\x12\x16\n\x12KIND_STATE_CHANGED\x10\x02\x12\x16\n\x12KIND_IMAGE_WRITTEN\x10\x03\x12\x17\n\x13KIND_SPRITE_WRITTEN\x10\x04\"B\n\x18\x43\x61ncelSnapshotJobRequest\x12&\n\x0fsnapshot_job_id\x18\x01 \x01(\tR\rSnapshotJobId\"{\n\x19\x43\x61ncelSnapshotJobResponse\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\tRequestId\x12?\n\x0csnapshot_job\x18\x02 \x01(\x0b\x32\x1c.mps.snapshot.v1.SnapshotJobR\x0bSnapshotJob2\xc1\x03\n\x0fSnapshotService\x12j\n\x11SubmitSnapshotJob\x12).mps.snapshot.v1.SubmitSnapshotJobRequest\x1a*.mps.snapshot.v1.SubmitSnapshotJobResponse\x12s\n\x14QuerySnapshotJobList\x12,.mps.snapshot.v1.QuerySnapshotJobListRequest\x1a-.mps.snapshot.v1.QuerySnapshotJobListResponse\x12\x61\n\x10WatchSnapshotJob\x12(.mps.snapshot.v1.WatchSnapshotJobRequest\x1a!.mps.snapshot.v1.SnapshotJobEvent0\x01\x12j\n\x11\x43\x61ncelSnapshotJob\x12).mps.snapshot.v1.CancelSnapshotJobRequest\x1a*.mps.snapshot.v1.CancelSnapshotJobResponseB5\n\x11io.mpssnapshot.v1P\x01Z\x1emps-snapshot/gen/mpssnapshotv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021io.mpssnapshot.v1P\001Z\036mps-snapshot/gen/mpssnapshotv1'
   _globals['_SUBMITSNAPSHOTJOBREQUEST']._serialized_start=126
-  _globals['_SUBMITSNAPSHOTJOBREQUEST']._serialized_end=336
-  _globals['_SUBMITSNAPSHOTJOBRESPONSE']._serialized_start=338
-  _globals['_SUBMITSNAPSHOTJOBRESPONSE']._serialized_end=461
-  _globals['_QUERYSNAPSHOTJOBLISTREQUEST']._serialized_start=464
-  _globals['_QUERYSNAPSHOTJOBLISTREQUEST']._serialized_end=891
-  _globals['_QUERYSNAPSHOTJOBLISTRESPONSE']._serialized_start=894
-  _globals['_QUERYSNAPSHOTJOBLISTRESPONSE']._serialized_end=1129
-  _globals['_WATCHSNAPSHOTJOBREQUEST']._serialized_start=1131
-  _globals['_WATCHSNAPSHOTJOBREQUEST']._serialized_end=1196
-  _globals['_SNAPSHOTJOBPROGRESS']._serialized_start=1199
-  _globals['_SNAPSHOTJOBPROGRESS']._serialized_end=1368
-  _globals['_SNAPSHOTJOBEVENT']._serialized_start=1371
-  _globals['_SNAPSHOTJOBEVENT']._serialized_end=1701
-  _globals['_SNAPSHOTJOBEVENT_KIND']._serialized_start=1582
-  _globals['_SNAPSHOTJOBEVENT_KIND']._serialized_end=1701
-  _globals['_CANCELSNAPSHOTJOBREQUEST']._serialized_start=1703
-  _globals['_CANCELSNAPSHOTJOBREQUEST']._serialized_end=1769
-  _globals['_CANCELSNAPSHOTJOBRESPONSE']._serialized_start=1771
-  _globals['_CANCELSNAPSHOTJOBRESPONSE']._serialized_end=1894
-  _globals['_SNAPSHOTSERVICE']._serialized_start=1897
-  _globals['_SNAPSHOTSERVICE']._serialized_end=2346
+  _globals['_SUBMITSNAPSHOTJOBREQUEST']._serialized_end=371
+  _globals['_SUBMITSNAPSHOTJOBRESPONSE']._serialized_start=373
+  _globals['_SUBMITSNAPSHOTJOBRESPONSE']._serialized_end=496
+  _globals['_QUERYSNAPSHOTJOBLISTREQUEST']._serialized_start=499
+  _globals['_QUERYSNAPSHOTJOBLISTREQUEST']._serialized_end=926
+  _globals['_QUERYSNAPSHOTJOBLISTRESPONSE']._serialized_start=929
+  _globals['_QUERYSNAPSHOTJOBLISTRESPONSE']._serialized_end=1164
+  _globals['_WATCHSNAPSHOTJOBREQUEST']._serialized_start=1166
+  _globals['_WATCHSNAPSHOTJOBREQUEST']._serialized_end=1231
+  _globals['_SNAPSHOTJOBPROGRESS']._serialized_start=1234
+  _globals['_SNAPSHOTJOBPROGRESS']._serialized_end=1403
+  _globals['_SNAPSHOTJOBEVENT']._serialized_start=1406
+  _globals['_SNAPSHOTJOBEVENT']._serialized_end=1736
+  _globals['_SNAPSHOTJOBEVENT_KIND']._serialized_start=1617
+  _globals['_SNAPSHOTJOBEVENT_KIND']._serialized_end=1736
+  _globals['_CANCELSNAPSHOTJOBREQUEST']._serialized_start=1738
+  _globals['_CANCELSNAPSHOTJOBREQUEST']._serialized_end=1804
+  _globals['_CANCELSNAPSHOTJOBRESPONSE']._serialized_start=1806
+  _globals['_CANCELSNAPSHOTJOBRESPONSE']._serialized_end=1929
+  _globals['_SNAPSHOTSERVICE']._serialized_start=1932
+  _globals['_SNAPSHOTSERVICE']._serialized_end=2381
 # @@protoc_insertion_point(module_scope)

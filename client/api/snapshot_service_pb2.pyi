@@ -39,12 +39,20 @@ class SubmitSnapshotJobRequest(_message.Message):
     SNAPSHOT_CONFIG_FIELD_NUMBER: _builtins.int
     USER_DATA_FIELD_NUMBER: _builtins.int
     PIPELINE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_TOKEN_FIELD_NUMBER: _builtins.int
     user_data: _builtins.str
     """Caller's data, echoed in the job and its notification: at most 1024 bytes of
     letters, digits and hyphens, not starting with a hyphen.
     """
     pipeline_id: _builtins.str
     """The pipeline that runs the job; empty means the default pipeline."""
+    client_token: _builtins.str
+    """Beyond MPS (as Alibaba's ClientToken): an idempotency token of 1-64 printable ASCII
+    characters, unique per caller. A retry with the same token and the same request within
+    24 hours returns the job the first call created instead of creating another; the same
+    token with a different request fails with ALREADY_EXISTS
+    (IdempotentParameterMismatch). Empty: no idempotency.
+    """
     @_builtins.property
     def input(self) -> _resources_pb2.OSSFile:
         """The input video. Required."""
@@ -60,10 +68,11 @@ class SubmitSnapshotJobRequest(_message.Message):
         snapshot_config: _resources_pb2.SnapshotConfig | None = ...,
         user_data: _builtins.str = ...,
         pipeline_id: _builtins.str = ...,
+        client_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "snapshot_config", b"snapshot_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "pipeline_id", b"pipeline_id", "snapshot_config", b"snapshot_config", "user_data", b"user_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_token", b"client_token", "input", b"input", "pipeline_id", b"pipeline_id", "snapshot_config", b"snapshot_config", "user_data", b"user_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,6 +86,12 @@ class InternalError(MpsError):
     code = "InternalError"
 
 
+class IdempotentParameterMismatch(MpsError):
+    """A ClientToken reused with a different request."""
+
+    code = "IdempotentParameterMismatch"
+
+
 class Unauthenticated(MpsError):
     """The caller could not be identified (UNAUTHENTICATED)."""
 

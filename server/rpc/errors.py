@@ -49,6 +49,11 @@ ERROR_TABLE: tuple[tuple[str, grpc.StatusCode, str], ...] = (
         "The pipeline cannot be deleted: it is the default one or still has unfinished jobs.",
     ),
     (
+        "IdempotentParameterMismatch",
+        grpc.StatusCode.ALREADY_EXISTS,
+        "A ClientToken was used before with a different request.",
+    ),
+    (
         "Throttling.*",
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "A rate limit or a queue capacity was reached; RetryInfo says when to retry.",

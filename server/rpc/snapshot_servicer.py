@@ -57,7 +57,11 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
             buckets.add(config.tile_output_file.bucket)
         call.authorize(self._pipeline_resource(request.pipeline_id), *(f"bucket/{b}" for b in sorted(buckets)))
         job = await self.jobs.submit(
-            converters.submit_from_proto(request), request_id=call.request_id, time_remaining=time_remaining(context)
+            converters.submit_from_proto(request),
+            request_id=call.request_id,
+            time_remaining=time_remaining(context),
+            principal=call.principal.name,
+            client_token=request.client_token,
         )
         return sps.SubmitSnapshotJobResponse(request_id=call.request_id, snapshot_job=converters.job_to_proto(job))
 

@@ -31,6 +31,14 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_us DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_us DESC);
 CREATE INDEX IF NOT EXISTS jobs_by_pipeline ON jobs (pipeline_id, created_us DESC);
+CREATE TABLE IF NOT EXISTS client_tokens (
+    principal TEXT NOT NULL,
+    token TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    created_us INTEGER NOT NULL,
+    PRIMARY KEY (principal, token)
+);
 CREATE TABLE IF NOT EXISTS pipelines (
     id TEXT PRIMARY KEY,
     created_us INTEGER NOT NULL,
@@ -154,6 +162,30 @@ class SqliteStore:
             ).fetchone()
         )
         return int(row[0])
+
+    # Idempotency tokens
+
+    async def get_token(self, principal: str, token: str, since: datetime) -> tuple[str, str] | None:
+        """(digest, job id) of a token used since ``since``."""
+        row = await self._call(
+            lambda c: c.execute(
+                "SELECT digest, job_id FROM client_tokens WHERE principal = ? AND token = ? AND created_us >= ?",
+                (principal, token, _us(since)),
+            ).fetchone()
+        )
+        return (str(row[0]), str(row[1])) if row else None
+
+    async def put_token(
+        self, principal: str, token: str, digest: str, job_id: str, now: datetime, expired_before: datetime
+    ) -> None:
+        def write(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM client_tokens WHERE created_us < ?", (_us(expired_before),))
+            c.execute(
+                "INSERT OR REPLACE INTO client_tokens VALUES (?, ?, ?, ?, ?)",
+                (principal, token, digest, job_id, _us(now)),
+            )
+
+        await self._call(write)
 
     # Pipelines
 
