@@ -196,7 +196,7 @@ def build(root: Path, canary_url: str) -> Corpus:
         "truncated",
         "truncated.mp4",
         raw[: len(raw) * 2 // 5],
-        "The input is truncated",
+        "truncated",
         time_ms=3500,
         stage="decode",
     )

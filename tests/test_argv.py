@@ -19,7 +19,13 @@ import pytest
 from server.domain.errors import InvalidParameter
 from server.media import process
 from server.media.batch import pass_argv, seek_batch_argv
-from server.media.hardening import AUDIO_DECODERS, FORMAT_WHITELIST, MAX_PIXELS, VIDEO_DECODERS
+from server.media.hardening import (
+    AUDIO_DECODERS,
+    FORMAT_WHITELIST,
+    MAX_PIXELS,
+    SUBTITLE_DECODERS,
+    VIDEO_DECODERS,
+)
 from server.media.probe import probe, probe_argv
 from server.media.snapshot import Source, black_scan_argv, exact_argv, keyframe_argv
 from server.storage.local import LocalStore
@@ -162,7 +168,7 @@ def check_argv(name: str, argv: list[str], url: str, protocols: tuple[str, ...])
         assert formats == ",".join(FORMAT_WHITELIST)
         assert not FORBIDDEN_DEMUXERS & set(formats.split(","))
         assert not any(f.endswith("_pipe") for f in formats.split(","))
-        assert _value(segment, "-codec_whitelist") == ",".join(VIDEO_DECODERS + AUDIO_DECODERS)
+        assert _value(segment, "-codec_whitelist") == ",".join(VIDEO_DECODERS + AUDIO_DECODERS + SUBTITLE_DECODERS)
         assert _value(segment, "-max_pixels") == str(MAX_PIXELS)
     if ffmpeg and name != "black-scan":  # the scan writes no file
         assert "-an" in argv and "-sn" in argv

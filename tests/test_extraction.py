@@ -50,7 +50,7 @@ def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
     argv = seek_batch_argv("ffmpeg", src, [1.0, 5.0], intra=False, width=160, height=None, outdir=tmp_path)
     assert argv.count("-i") == 2 and argv.count("-protocol_whitelist") == 2 and "-nostdin" in argv
     graph = argv[argv.index("-filter_complex") + 1]
-    assert graph.count("showinfo") == 2 and "[1:v:0]" in graph
+    assert graph.count("showinfo") == 2 and "[1:v:0]trim=start=5.000000," in graph
     dense = pass_argv(
         "ffmpeg",
         src,

@@ -43,16 +43,25 @@ def seek_batch_argv(
     width: int | None,
     height: int | None,
     outdir: Path,
+    seeks: Sequence[float] | None = None,
+    start_offset_s: float = 0.0,
 ) -> list[str]:
-    """One input per start. Chain i is ``[i:v:0]scale,setsar,showinfo``, so its showinfo
-    is filter number 3i+2 of the graph (how the output is matched to the point)."""
+    """One input per start, each seeking to the keyframe at or before its ``seeks`` entry
+    (default: the start). Exact chains are ``trim,scale,setsar,showinfo`` (frames before the
+    start dropped), intra chains ``scale,setsar,showinfo``: the showinfo of chain i is filter
+    number ``i*len+len-1`` of the graph (see ``showinfo_index``)."""
     argv = [ffmpeg_bin, *_GLOBAL]
-    for start in starts:
+    seeks = starts if seeks is None else seeks
+    for seek in seeks:
         if intra:
-            argv += ["-skip_frame", "nokey", "-noaccurate_seek"]
-        argv += [*input_options(src.protocols), "-ss", f"{start:.6f}", "-copyts", "-i", src.url]
+            argv += ["-skip_frame", "nokey"]
+        argv += [*input_options(src.protocols), "-noaccurate_seek", "-ss", f"{seek:.6f}", "-copyts", "-i", src.url]
     chain = scale_chain(width, height)
-    argv += ["-filter_complex", ";".join(f"[{i}:v:0]{chain}[o{i}]" for i in range(len(starts)))]
+    chains = []
+    for i, start in enumerate(starts):
+        trim = "" if intra else f"trim=start={start_offset_s + start:.6f},"
+        chains.append(f"[{i}:v:0]{trim}{chain}[o{i}]")
+    argv += ["-filter_complex", ";".join(chains)]
     for i in range(len(starts)):
         argv += ["-map", f"[o{i}]", "-an", "-sn", "-q:v", str(JPEG_QUALITY), "-f", "image2"]
         if intra:
@@ -60,6 +69,12 @@ def seek_batch_argv(
         else:
             argv += ["-frames:v", "1", "-update", "1", str(outdir / f"e{i}.jpg")]
     return argv
+
+
+def showinfo_index(i: int, *, intra: bool) -> int:
+    """The filter number of chain i's showinfo in a seek batch's graph."""
+    length = 3 if intra else 4
+    return i * length + length - 1
 
 
 def _select(windows: Sequence[tuple[float, float]]) -> str:
@@ -154,14 +169,24 @@ async def seek_batch(
     base = info.start_time_s
     starts = list(times_s) if intra else [max(0.0, t - fd + min(_EPS, fd / 4)) for t in times_s]
     result = await _run(
-        seek_batch_argv(ffmpeg_bin, src, starts, intra=intra, width=width, height=height, outdir=workdir),
+        seek_batch_argv(
+            ffmpeg_bin,
+            src,
+            starts,
+            intra=intra,
+            width=width,
+            height=height,
+            outdir=workdir,
+            seeks=list(times_s),
+            start_offset_s=base,
+        ),
         limits,
         workdir,
     )
     seen = showinfo_times(result.stderr)
     frames: list[Frame | None] = []
     for i, target in enumerate(times_s):
-        got = [t - base for t in seen.get(3 * i + 2, [])]
+        got = [t - base for t in seen.get(showinfo_index(i, intra=intra), [])]
         if intra:
             files = [workdir / f"k{i}_{n + 1}.jpg" for n in range(min(2, len(got)))]
             options = [(abs(t - target), n) for n, t in enumerate(got[:2]) if files[n].exists()]

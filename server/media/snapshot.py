@@ -79,12 +79,24 @@ def exact_argv(
     height: int | None,
     out: Path,
     start_offset_s: float = 0.0,
+    seek_s: float | None = None,
 ) -> list[str]:
-    """First frame at or after ``start_s``; with ``window_s``, the last frame before start+window."""
-    stream = ffmpeg.input(src.url, ss=f"{start_s:.6f}", copyts=None, **_input_kwargs(src))["v:0"]
-    if window_s is not None:
-        # With -copyts, trim sees the file's own timestamps.
-        stream = stream.filter("trim", end=f"{start_offset_s + start_s + window_s:.6f}")
+    """First frame at or after ``start_s``; with ``window_s``, the last frame before start+window.
+
+    The input seeks to the keyframe at or before ``seek_s`` (default ``start_s``) and a trim
+    drops the frames before ``start_s``. Seeking to T rather than to ``start_s`` matters when
+    ``start_s`` sits just before a keyframe at T: ffmpeg would otherwise decode the whole
+    previous group of pictures to reach a frame it then throws away.
+    """
+    seek = start_s if seek_s is None else seek_s
+    stream = ffmpeg.input(src.url, ss=f"{seek:.6f}", noaccurate_seek=None, copyts=None, **_input_kwargs(src))["v:0"]
+    # With -copyts, trim sees the file's own timestamps.
+    if window_s is None:
+        stream = stream.filter("trim", start=f"{start_offset_s + start_s:.6f}")
+    else:
+        stream = stream.filter(
+            "trim", start=f"{start_offset_s + start_s:.6f}", end=f"{start_offset_s + start_s + window_s:.6f}"
+        )
     stream = _scaled(stream, width, height)
     opts: dict[str, object] = {"f": "image2", "update": 1, "q:v": JPEG_QUALITY, "an": None, "sn": None}
     if window_s is None:
@@ -142,8 +154,13 @@ def check_jpeg(path: Path, max_bytes: int) -> tuple[int, int]:
         with Image.open(path) as img:
             if img.format != "JPEG":
                 raise ResourceContentBad("The snapshot is not a JPEG image.")
+            size = img.size
+            # Decoding at 1/8 scale still reads every entropy-coded block (so a cut or
+            # corrupt file fails) for a fraction of a full decode: ~0.7 ms instead of ~6 ms
+            # at 1080p.
+            img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             img.load()
-            return img.size
+            return size
     except ResourceContentBad:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
@@ -193,7 +210,15 @@ async def capture_exact(
         nonlocal truncated
         out.unlink(missing_ok=True)
         argv = exact_argv(
-            ffmpeg_bin, src, start_s=start, window_s=window, width=width, height=height, out=out, start_offset_s=base
+            ffmpeg_bin,
+            src,
+            start_s=start,
+            window_s=window,
+            width=width,
+            height=height,
+            out=out,
+            start_offset_s=base,
+            seek_s=time_s,
         )
         result = await _run(argv, limits, workdir)
         truncated = truncated or _PARTIAL in result.stderr
@@ -218,7 +243,14 @@ async def capture_exact(
             # T precedes the first frame: the first frame is what a player shows.
             times = await attempt(time_s, None)
         if not times:
-            raise ResourceContentBad("No frame could be decoded at the requested time; the file may be damaged.")
+            if truncated:
+                raise ResourceContentBad(
+                    "The input is truncated: the data of the frame at the requested time is missing from the file."
+                )
+            raise ResourceContentBad(
+                "No frame could be decoded at the requested time: the file may be truncated (its index lists "
+                "frames it has no data for) or damaged."
+            )
         chosen = times[-1] if len(times) > 1 or times[0] <= time_s + _EPS else times[0]
     w, h = check_jpeg(out, max_bytes)
     return Frame(out, chosen, w, h)
