@@ -20,6 +20,7 @@ from server.domain import extraction, planning, sprites, validation
 from server.domain.errors import InternalError, MpsError, ResourceContentBad
 from server.domain.models import FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
+from server.media import snapshot
 from server.media.engine import MediaEngine
 from server.media.probe import MediaInfo
 from server.media.snapshot import Frame
@@ -126,7 +127,9 @@ class JobRunner:
                 # Signed anew for every ffmpeg run: presigned URLs expire, long jobs do not.
                 return await in_store.input_handle(valid.input.bucket, valid.input_key)
 
-            frames = self._frames(fresh_handle, version, info, valid, points, first_override, workdir)
+            frames = self._frames(
+                fresh_handle, version, info, valid, points, first_override, workdir, outputs.capture_size()
+            )
             async with contextlib.aclosing(frames):
                 async for point, frame in frames:
                     if frame is None or outputs.repeats(frame):
@@ -157,6 +160,7 @@ class JobRunner:
         points: list[planning.Point],
         first_override: float | None,
         workdir: Path,
+        size: tuple[int | None, int | None],
     ) -> AsyncGenerator[tuple[planning.Point, Frame | None], None]:
         """Yield (point, frame, or None for a skipped intra point) in time order.
 
@@ -164,7 +168,8 @@ class JobRunner:
         passes); as many runs as the engine allows are in flight, and results are handed
         out in order so images are numbered and published in time order.
         """
-        config = valid.config
+        width, height = size
+        cells_only = valid.config.tile_out is not None and not validation.keeps_cell_pics(valid.config)
         intra = valid.frame_type is FrameType.INTRA
         first = 1 if first_override is not None and points else 0
         rest = points[first:]
@@ -174,7 +179,7 @@ class JobRunner:
         xplan = extraction.plan_extraction(
             [p.time_ms for p in rest],
             gop_s=gop_s,
-            frame_size=info.output_size(config.width, config.height),
+            frame_size=info.output_size(width, height),
             processes=self.engine.max_processes,
             dense_allowed=not intra or all(p.tolerance_ms is not None for p in rest),
         )
@@ -183,12 +188,13 @@ class JobRunner:
         chunks += [(c.mode, [i + first for i in c.indexes]) for c in xplan.chunks]
 
         async def run_chunk(number: int, mode: extraction.Mode | None, indexes: list[int]) -> list[Frame | None]:
+            snapshot.full_chroma.set(cells_only)  # this task's context only
             folder = workdir / f"c{number:05d}"
             folder.mkdir()
             wanted = [points[i] for i in indexes]
             handle = await new_handle()
             times = [p.time_ms / 1000 for p in wanted]
-            w, h, t = config.width, config.height, self.timeout
+            w, h, t = width, height, self.timeout
             results: list[Frame | None]
             if mode is None:
                 assert first_override is not None
@@ -229,8 +235,8 @@ class JobRunner:
                         info,
                         time_s=times[k],
                         frame_type=valid.frame_type,
-                        width=config.width,
-                        height=config.height,
+                        width=width,
+                        height=height,
                         workdir=single,
                         wall_seconds=self.timeout,
                     )
@@ -302,6 +308,16 @@ class _Outputs:
         self.prefiltered = False
         self.step_count = 0
         self.last_commit = time.monotonic()
+
+    def capture_size(self) -> tuple[int | None, int | None]:
+        """The size ffmpeg scales to. Without single images, frames are decoded straight to
+        their place in the cell, so no full-size intermediate image is ever made."""
+        config = self.valid.config
+        if self.layout is None or self.keep:
+            return config.width, config.height
+        frame = self.info.output_size(config.width, config.height)
+        _, _, w, h = sprites.fit(frame, (self.layout.cell_width, self.layout.cell_height))
+        return w, h
 
     def points_to_capture(self, the_plan: planning.Plan) -> list[planning.Point]:
         points = list(the_plan.points)

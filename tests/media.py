@@ -104,7 +104,7 @@ def reference_frame(video: Path, index: int, size: tuple[int, int] | None = None
     """Frame ``index`` decoded exactly (frame-accurate select), scaled like the service scales."""
     vf = f"select=eq(n\\,{index})"
     if size is not None:
-        vf += f",scale={size[0]}:{size[1]}"
+        vf += f",scale={size[0]}:{size[1]}:flags=lanczos"  # as the service scales
     png = ffmpeg("-i", str(video), "-vf", vf, "-frames:v", "1", "-f", "image2pipe", "-c:v", "png", "-")
     return Image.open(io.BytesIO(png)).convert("RGB")
 

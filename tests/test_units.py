@@ -148,7 +148,7 @@ def test_exact_argv_is_hardened_and_holds_no_user_strings() -> None:
     assert "-codec_whitelist" in argv and "-max_pixels" in argv
     assert argv[argv.index("-i") + 1] == "file:/data/b/k.mp4"
     assert argv.index("-ss") < argv.index("-i")
-    assert "scale=h=320/dar+0.5:w=320" in joined
+    assert "scale=flags=lanczos:h=320/dar+0.5:w=320" in joined
 
 
 def test_probe_parsing() -> None:

@@ -14,7 +14,17 @@ from pathlib import Path
 from server.media import process
 from server.media.hardening import input_options
 from server.media.probe import MediaInfo
-from server.media.snapshot import _EPS, _GLOBAL, JPEG_QUALITY, Frame, Source, _run, check_jpeg
+from server.media.snapshot import (
+    _EPS,
+    _GLOBAL,
+    JPEG_QUALITY,
+    SCALE_FLAGS,
+    Frame,
+    Source,
+    _run,
+    check_jpeg,
+    pixel_format_options,
+)
 
 _SHOWINFO = re.compile(r"\[Parsed_showinfo_(\d+) @ [^\]]*\] (.*)")
 _TB = re.compile(r"config in time_base:\s*(\d+)/(\d+)")
@@ -24,13 +34,13 @@ _PTS = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+)")
 def scale_chain(width: int | None, height: int | None) -> str:
     """The same sizing as snapshot._scaled, as filtergraph text."""
     if width and height:
-        scale = f"scale=w={width}:h={height}"
+        scale = f"scale=w={width}:h={height}:flags={SCALE_FLAGS}"
     elif width:
-        scale = f"scale=w={width}:h={width}/dar+0.5"
+        scale = f"scale=w={width}:h={width}/dar+0.5:flags={SCALE_FLAGS}"
     elif height:
-        scale = f"scale=w={height}*dar+0.5:h={height}"
+        scale = f"scale=w={height}*dar+0.5:h={height}:flags={SCALE_FLAGS}"
     else:
-        scale = "scale=w=iw*sar+0.5:h=ih"
+        scale = f"scale=w=iw*sar+0.5:h=ih:flags={SCALE_FLAGS}"
     return f"{scale},setsar=1,showinfo"
 
 
@@ -63,7 +73,7 @@ def seek_batch_argv(
         chains.append(f"[{i}:v:0]{trim}{chain}[o{i}]")
     argv += ["-filter_complex", ";".join(chains)]
     for i in range(len(starts)):
-        argv += ["-map", f"[o{i}]", "-an", "-sn", "-q:v", str(JPEG_QUALITY), "-f", "image2"]
+        argv += ["-map", f"[o{i}]", "-an", "-sn", "-q:v", str(JPEG_QUALITY), *pixel_format_options(), "-f", "image2"]
         if intra:
             argv += ["-fps_mode", "passthrough", "-frames:v", "2", str(outdir / f"k{i}_%d.jpg")]
         else:
@@ -120,6 +130,7 @@ def pass_argv(
         "-sn",
         "-q:v",
         str(JPEG_QUALITY),
+        *pixel_format_options(),
         "-fps_mode",
         "passthrough",
         "-f",

@@ -8,6 +8,7 @@ after the seek point, so the exact frame *shown* at T (the last frame with a tim
 
 from __future__ import annotations
 
+import contextvars
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,19 @@ _PARTIAL = ": partial file"
 # Half a millisecond: below any real frame interval, above timestamp rounding.
 _EPS = 0.0005
 JPEG_QUALITY = 2
+#: Set (for the current task) when frames are only intermediate sprite cells, decoded
+#: straight to cell size: there, 4:2:0 chroma at a few dozen pixels would visibly smear
+#: colours, so those JPEGs keep full chroma. Published snapshots stay 4:2:0.
+full_chroma: contextvars.ContextVar[bool] = contextvars.ContextVar("full_chroma", default=False)
+
+
+def pixel_format_options() -> list[str]:
+    return ["-pix_fmt", "yuvj444p"] if full_chroma.get() else []
+
+
+#: Lanczos: thumbnails and sprite cells are often a tenth of the source's size, where
+#: swscale's default bicubic aliases visibly.
+SCALE_FLAGS = "lanczos"
 
 
 @dataclass(frozen=True)
@@ -50,13 +64,13 @@ def _scaled(stream: Any, width: int | None, height: int | None) -> Any:
     # Sizes follow the display aspect ratio (dar = iw/ih*sar), after ffmpeg's
     # auto-rotation; "+0.5" because scale truncates its expressions.
     if width and height:
-        stream = stream.filter("scale", w=width, h=height)
+        stream = stream.filter("scale", w=width, h=height, flags=SCALE_FLAGS)
     elif width:
-        stream = stream.filter("scale", w=width, h=f"{width}/dar+0.5")
+        stream = stream.filter("scale", w=width, h=f"{width}/dar+0.5", flags=SCALE_FLAGS)
     elif height:
-        stream = stream.filter("scale", w=f"{height}*dar+0.5", h=height)
+        stream = stream.filter("scale", w=f"{height}*dar+0.5", h=height, flags=SCALE_FLAGS)
     else:
-        stream = stream.filter("scale", w="iw*sar+0.5", h="ih")
+        stream = stream.filter("scale", w="iw*sar+0.5", h="ih", flags=SCALE_FLAGS)
     return stream.filter("setsar", "1").filter("showinfo")
 
 
@@ -99,6 +113,8 @@ def exact_argv(
         )
     stream = _scaled(stream, width, height)
     opts: dict[str, object] = {"f": "image2", "update": 1, "q:v": JPEG_QUALITY, "an": None, "sn": None}
+    if full_chroma.get():
+        opts["pix_fmt"] = "yuvj444p"
     if window_s is None:
         opts["frames:v"] = 1
     return _compile(stream.output(str(out), **opts), ffmpeg_bin)
@@ -122,7 +138,16 @@ def keyframe_argv(
         **_input_kwargs(src),
     }
     stream = _scaled(ffmpeg.input(src.url, **kwargs)["v:0"], width, height)
-    opts = {"f": "image2", "fps_mode": "passthrough", "frames:v": 2, "q:v": JPEG_QUALITY, "an": None, "sn": None}
+    opts: dict[str, object] = {
+        "f": "image2",
+        "fps_mode": "passthrough",
+        "frames:v": 2,
+        "q:v": JPEG_QUALITY,
+        "an": None,
+        "sn": None,
+    }
+    if full_chroma.get():
+        opts["pix_fmt"] = "yuvj444p"
     return _compile(stream.output(str(out_pattern), **opts), ffmpeg_bin)
 
 
