@@ -39,6 +39,13 @@ def test_dense_points_become_passes() -> None:
     )
 
 
+def test_passes_stay_within_ffmpegs_expression_limit() -> None:
+    plan = plan_extraction([i * 600.0 for i in range(1000)], gop_s=2.0, frame_size=(160, 90), processes=2)
+    assert plan.mode is Mode.PASS
+    assert max(len(c.indexes) for c in plan.chunks) <= 90
+    assert [i for c in plan.chunks for i in c.indexes] == list(range(1000))
+
+
 def test_batch_size_follows_the_frame_size() -> None:
     assert batch_size(1920, 1080) == 8
     assert batch_size(3840, 2160) == 2
@@ -49,8 +56,8 @@ def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
     src = Source("file:/data/b/v.mp4", ("file",))
     argv = seek_batch_argv("ffmpeg", src, [1.0, 5.0], intra=False, width=160, height=None, outdir=tmp_path)
     assert argv.count("-i") == 2 and argv.count("-protocol_whitelist") == 2 and "-nostdin" in argv
-    graph = argv[argv.index("-filter_complex") + 1]
-    assert graph.count("showinfo") == 2 and "[1:v:0]trim=start=5.000000," in graph
+    graphs = [argv[i + 1] for i, a in enumerate(argv) if a == "-filter:v"]
+    assert len(graphs) == 2 and graphs[1].startswith("trim=start=5.000000,") and graphs[1].endswith("showinfo@p1")
     dense = pass_argv(
         "ffmpeg",
         src,
@@ -62,14 +69,14 @@ def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
         height=None,
         outdir=tmp_path,
     )
-    assert "select='between(t,0.960000,1.000500)'" in dense[dense.index("-filter_complex") + 1]
+    assert "select='between(t,0.960000,1.000500)'" in dense[dense.index("-filter:v") + 1]
     log = (
-        "[Parsed_showinfo_5 @ 0x1] config in time_base: 1/100, frame_rate: 25/1\n"
-        "[Parsed_showinfo_2 @ 0x2] config in time_base: 1/1000, frame_rate: 25/1\n"
-        "[Parsed_showinfo_5 @ 0x1] n:   0 pts:    304 pts_time:3.04\n"
-        "[Parsed_showinfo_2 @ 0x2] n:   0 pts:   1000 pts_time:1\n"
+        "[showinfo@p1 @ 0x1] config in time_base: 1/100, frame_rate: 25/1\n"
+        "[showinfo@p0 @ 0x2] config in time_base: 1/1000, frame_rate: 25/1\n"
+        "[showinfo@p1 @ 0x1] n:   0 pts:    304 pts_time:3.04\n"
+        "[showinfo@p0 @ 0x2] n:   0 pts:   1000 pts_time:1\n"
     )
-    assert showinfo_times(log) == {5: [3.04], 2: [1.0]}
+    assert showinfo_times(log) == {"p1": [3.04], "p0": [1.0]}
 
 
 async def test_dense_time_points_take_one_pass_and_stay_exact(
@@ -155,3 +162,17 @@ async def test_subtitles_and_unusual_audio_do_not_stop_the_probe(
 
     job = (await client.submit(request(bucket, "subs.mov", "s.jpg", time=1000))).snapshot_job
     assert job.state == "Success" and job.images[0].time == 1000
+
+
+async def test_a_dense_job_of_many_points_is_split_into_passes(
+    client: SnapshotClient, data_dir: Path, bucket: str, videos: dict[str, Video]
+) -> None:
+    video = videos["main"]
+    put(data_dir, bucket, "in.mp4", video.path)
+    job = (await client.submit(submit_request(bucket, "in.mp4", interval=0, num=150, width=64))).snapshot_job
+    final = await client.wait(job.id, timeout=120)
+    assert final.state == "Success", final.message
+    assert final.count == 150
+    for image in final.images[::37]:
+        expected = index_at(video.path, image.requested_time / 1000)
+        assert image.time == pytest.approx(expected * 40, abs=0.05)

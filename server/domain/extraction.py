@@ -22,6 +22,9 @@ from dataclasses import dataclass
 #: Seek batches hold at most this many points at 1080p (more for smaller frames).
 BATCH_AT_1080P = 8
 MAX_BATCH = 16
+#: A pass keeps its frames with one select term per point, and ffmpeg 5.1's expression
+#: parser refuses a sum of more than 100 terms ("Cannot allocate memory").
+MAX_PASS_POINTS = 90
 #: A pass is chosen when points are closer than this many GOPs.
 DENSE_GOPS = 1.0
 
@@ -64,7 +67,7 @@ def plan_extraction(
     )
     if dense_allowed and len(distinct) > 2 and spacing_s < gop_s * DENSE_GOPS:
         parts = max(1, min(processes, len(distinct) // 4 or 1))
-        size = -(-n // parts)
+        size = min(-(-n // parts), MAX_PASS_POINTS)
         chunks = tuple(Chunk(Mode.PASS, tuple(range(i, min(n, i + size)))) for i in range(0, n, size))
         return ExtractionPlan(
             Mode.PASS,
