@@ -87,12 +87,24 @@ def intra_case(cases: Sequence[Case]) -> Case:
     return Case("intra, just before keyframe", cases[1].time_s, "intra")
 
 
-def baseline_argv(case: Case, src: Path, out: Path) -> list[str]:
+def baseline_argv(case: Case, src: Path, out: Path, ffmpeg: str = FFMPEG) -> list[str]:
     """Bare ffmpeg doing the same job. Exact frame: input seek. Intra: keyframe at or before T."""
     if case.frame_type == "intra":
-        return [FFMPEG, "-noaccurate_seek", "-ss", f"{case.time_s:g}", "-i", str(src),
-                "-fps_mode", "passthrough", "-frames:v", "1", "-y", str(out)]
-    return [FFMPEG, "-ss", f"{case.time_s:g}", "-i", str(src), "-frames:v", "1", "-y", str(out)]
+        return [
+            ffmpeg,
+            "-noaccurate_seek",
+            "-ss",
+            f"{case.time_s:g}",
+            "-i",
+            str(src),
+            "-fps_mode",
+            "passthrough",
+            "-frames:v",
+            "1",
+            "-y",
+            str(out),
+        ]
+    return [ffmpeg, "-ss", f"{case.time_s:g}", "-i", str(src), "-frames:v", "1", "-y", str(out)]
 
 
 # ---------------------------------------------------------------- statistics
@@ -130,6 +142,15 @@ def loadavg() -> str:
         return "?"
 
 
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so the finally blocks stop the server on either."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def default_program() -> str:
     """The venv's ``mps-snapshot`` next to this interpreter, else the one on PATH."""
     exe = Path(sys.executable).parent / "mps-snapshot"
@@ -139,8 +160,9 @@ def default_program() -> str:
 class Server:
     """``mps-snapshot serve`` as a child in its own process group, on a loopback port the OS picks."""
 
-    def __init__(self, data_dir: Path, log_path: Path, *, program: Sequence[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, log_path: Path, *, program: Sequence[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.program = list(program) if program else [default_program()]
@@ -155,8 +177,14 @@ class Server:
         env.update(MPS_SNAPSHOT_FFMPEG=FFMPEG, MPS_SNAPSHOT_FFPROBE=FFPROBE, MPS_SNAPSHOT_SHUTDOWN_GRACE_S="1")
         env.update(self.extra_env)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
     async def wait_port(self) -> int:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -213,12 +241,18 @@ async def wait_serving(client: SnapshotClient, proc: subprocess.Popen[bytes]) ->
 # ---------------------------------------------------------------- measuring
 
 
-def time_baseline(case: Case, src: Path, out: Path) -> float:
-    argv = baseline_argv(case, src, out)
+def time_baseline(case: Case, src: Path, out: Path, ffmpeg: str = FFMPEG) -> float:
+    argv = baseline_argv(case, src, out, ffmpeg)
     out.unlink(missing_ok=True)
     started = time.perf_counter()
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          timeout=CALL_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=CALL_TIMEOUT_S,
+        check=False,
+    )
     took = time.perf_counter() - started
     if done.returncode != 0 or not out.exists():
         raise RuntimeError(f"baseline failed ({done.returncode}): {' '.join(argv)}\n{done.stderr.decode()[-2000:]}")
@@ -228,8 +262,14 @@ def time_baseline(case: Case, src: Path, out: Path) -> float:
 async def time_ours(client: SnapshotClient, case: Case, key: str, out_key: str) -> tuple[float, float]:
     """Seconds from call to response, and the media time (ms) of the frame returned."""
     started = time.perf_counter()
-    job = await client.snapshot(bucket=IN_BUCKET, object=key, output_bucket=OUT_BUCKET, output_object=out_key,
-                                time_ms=case.time_ms, frame_type=case.frame_type)
+    job = await client.snapshot(
+        bucket=IN_BUCKET,
+        object=key,
+        output_bucket=OUT_BUCKET,
+        output_object=out_key,
+        time_ms=case.time_ms,
+        frame_type=case.frame_type,
+    )
     took = time.perf_counter() - started
     if job.state != "Success" or len(job.images) != 1:
         raise RuntimeError(f"snapshot {case} failed: {job.state} {job.code} {job.message}")
@@ -256,10 +296,18 @@ class Run:
     load_after: str = ""
 
 
-async def measure(media_file: Path, media_bytes: int, cases: list[Case], rounds: int, work: Path,
-                  progress: Callable[[str], None]) -> Run:
+async def measure(
+    media_file: Path,
+    media_bytes: int,
+    cases: list[Case],
+    rounds: int,
+    work: Path,
+    progress: Callable[[str], None],
+    ffmpeg: str = FFMPEG,
+) -> Run:
+    """``ffmpeg``: the binary of both sides (the server gets it as MPS_SNAPSHOT_FFMPEG; ffprobe stays FFPROBE)."""
     data_dir = work / "data"
-    server = Server(data_dir, work / "server.log")
+    server = Server(data_dir, work / "server.log", env={"MPS_SNAPSHOT_FFMPEG": ffmpeg})
     (data_dir / IN_BUCKET).mkdir(parents=True)
     src = data_dir / IN_BUCKET / "video.mp4"
     progress(f"copying {media_file.name} into bucket {IN_BUCKET}")
@@ -284,7 +332,7 @@ async def measure(media_file: Path, media_bytes: int, cases: list[Case], rounds:
         progress(f"cold first call ({first.name}): {cold_first * 1000:.0f} ms")
         progress("warm-up round (not counted)")
         for case in cases:
-            time_baseline(case, src, baseline_out)
+            time_baseline(case, src, baseline_out, ffmpeg)
             await time_ours(client, case, "video.mp4", "warmup.jpg")
         cold_new, _ = await time_ours(client, first, "video-b.mp4", "cold-b.jpg")
         progress(f"cold call on a new object, warm server: {cold_new * 1000:.0f} ms")
@@ -295,16 +343,20 @@ async def measure(media_file: Path, media_bytes: int, cases: list[Case], rounds:
                 out_key = f"{case.time_ms}-{case.frame_type}.jpg"
                 # Alternate which side goes first, so neither always runs right after the other.
                 if r % 2 == 0:
-                    s.baseline.append(time_baseline(case, src, baseline_out))
+                    s.baseline.append(time_baseline(case, src, baseline_out, ffmpeg))
                     took, frame_ms = await time_ours(client, case, "video.mp4", out_key)
                 else:
                     took, frame_ms = await time_ours(client, case, "video.mp4", out_key)
-                    s.baseline.append(time_baseline(case, src, baseline_out))
+                    s.baseline.append(time_baseline(case, src, baseline_out, ffmpeg))
                 s.ours.append(took)
                 frame_times[case.name] = frame_ms
-            progress(f"round {r + 1}/{rounds}: " + ", ".join(
-                f"{c.name} {samples[c.name].baseline[-1] * 1000:.0f}/{samples[c.name].ours[-1] * 1000:.0f} ms"
-                for c in cases))
+            progress(
+                f"round {r + 1}/{rounds}: "
+                + ", ".join(
+                    f"{c.name} {samples[c.name].baseline[-1] * 1000:.0f}/{samples[c.name].ours[-1] * 1000:.0f} ms"
+                    for c in cases
+                )
+            )
     except BaseException:
         print(f"--- server log (tail) ---\n{server.log_tail()}", file=sys.stderr)
         raise
@@ -312,10 +364,19 @@ async def measure(media_file: Path, media_bytes: int, cases: list[Case], rounds:
         if channel is not None:
             await channel.close()
         server.stop()
-    return Run(cases=cases, samples=samples, frame_times_ms=frame_times, cold_first_call_s=cold_first,
-               cold_first_case=first.name, cold_new_object_s=cold_new,
-               warm_same_case_p50_s=statistics.median(samples[first.name].ours), rounds=rounds,
-               media_path=str(media_file), media_bytes=media_bytes, server_argv=server.argv)
+    return Run(
+        cases=cases,
+        samples=samples,
+        frame_times_ms=frame_times,
+        cold_first_call_s=cold_first,
+        cold_first_case=first.name,
+        cold_new_object_s=cold_new,
+        warm_same_case_p50_s=statistics.median(samples[first.name].ours),
+        rounds=rounds,
+        media_path=str(media_file),
+        media_bytes=media_bytes,
+        server_argv=server.argv,
+    )
 
 
 # ---------------------------------------------------------------- reporting
@@ -326,52 +387,66 @@ def ms(seconds: float) -> str:
 
 
 def table(run: Run) -> str:
-    head = ("| case | T (s) | FrameType | n | ffmpeg p50 ms | ffmpeg p95 ms | ours p50 ms | ours p95 ms "
-            "| ours/ffmpeg p50 | paired ratio | frame returned (ms) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| case | T (s) | FrameType | n | ffmpeg p50 ms | ffmpeg p95 ms | ours p50 ms | ours p95 ms "
+        "| ours/ffmpeg p50 | paired ratio | frame returned (ms) |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     rows = []
     for c in run.cases:
         s = run.samples[c.name]
         b50, o50 = statistics.median(s.baseline), statistics.median(s.ours)
-        rows.append(f"| {c.name} | {c.time_s:g} | {c.frame_type} | {len(s.ours)} | {ms(b50)} | "
-                    f"{ms(percentile(s.baseline, 95))} | {ms(o50)} | {ms(percentile(s.ours, 95))} | "
-                    f"{o50 / b50:.2f} | {s.paired_ratio():.2f} | {run.frame_times_ms.get(c.name, 0):g} |")
+        rows.append(
+            f"| {c.name} | {c.time_s:g} | {c.frame_type} | {len(s.ours)} | {ms(b50)} | "
+            f"{ms(percentile(s.baseline, 95))} | {ms(o50)} | {ms(percentile(s.ours, 95))} | "
+            f"{o50 / b50:.2f} | {s.paired_ratio():.2f} | {run.frame_times_ms.get(c.name, 0):g} |"
+        )
     normal = [run.samples[c.name] for c in run.cases if c.frame_type == "normal"]
     base_all = [x for s in normal for x in s.baseline]
     ours_all = [x for s in normal for x in s.ours]
     pooled = Samples([x for s in normal for x in s.baseline], [x for s in normal for x in s.ours])
     b50, o50 = statistics.median(base_all), statistics.median(ours_all)
-    rows.append(f"| **overall (normal cases)** | | normal | {len(ours_all)} | **{ms(b50)}** | "
-                f"{ms(percentile(base_all, 95))} | **{ms(o50)}** | {ms(percentile(ours_all, 95))} | "
-                f"**{o50 / b50:.2f}** | {pooled.paired_ratio():.2f} | |")
+    rows.append(
+        f"| **overall (normal cases)** | | normal | {len(ours_all)} | **{ms(b50)}** | "
+        f"{ms(percentile(base_all, 95))} | **{ms(o50)}** | {ms(percentile(ours_all, 95))} | "
+        f"**{o50 / b50:.2f}** | {pooled.paired_ratio():.2f} | |"
+    )
     return head + "\n".join(rows) + "\n"
 
 
 def cold_lines(run: Run) -> str:
     extra_first = run.cold_first_call_s - run.warm_same_case_p50_s
     extra_new = run.cold_new_object_s - run.warm_same_case_p50_s
-    return (f"- Cold, first call of a fresh server ({run.cold_first_case}): **{ms(run.cold_first_call_s)} ms**, "
-            f"{ms(extra_first)} ms above that case's warm p50 ({ms(run.warm_same_case_p50_s)} ms).\n"
-            f"- Cold, first call on a new object (server already warm; one ffprobe more): "
-            f"**{ms(run.cold_new_object_s)} ms**, {ms(extra_new)} ms above the warm p50.\n")
+    return (
+        f"- Cold, first call of a fresh server ({run.cold_first_case}): **{ms(run.cold_first_call_s)} ms**, "
+        f"{ms(extra_first)} ms above that case's warm p50 ({ms(run.warm_same_case_p50_s)} ms).\n"
+        f"- Cold, first call on a new object (server already warm; one ffprobe more): "
+        f"**{ms(run.cold_new_object_s)} ms**, {ms(extra_new)} ms above the warm p50.\n"
+    )
 
 
 def overall_ratio(run: Run) -> float:
     normal = [run.samples[c.name] for c in run.cases if c.frame_type == "normal"]
-    return (statistics.median([x for s in normal for x in s.ours])
-            / statistics.median([x for s in normal for x in s.baseline]))
+    return statistics.median([x for s in normal for x in s.ours]) / statistics.median(
+        [x for s in normal for x in s.baseline]
+    )
 
 
 def verdict(run: Run) -> str:
     ratio = overall_ratio(run)
     normal = [c for c in run.cases if c.frame_type == "normal"]
-    ratios = {c.name: statistics.median(run.samples[c.name].ours) / statistics.median(run.samples[c.name].baseline)
-              for c in normal}
+    ratios = {
+        c.name: statistics.median(run.samples[c.name].ours) / statistics.median(run.samples[c.name].baseline)
+        for c in normal
+    }
     misses = [f'"{name}" at {r:.2f}x' for name, r in ratios.items() if r > AIM_RATIO]
     status = "meets" if ratio <= AIM_RATIO else "misses"
-    per_case = (f"{len(normal) - len(misses)} of {len(normal)} normal cases are within {AIM_RATIO}x"
-                + (f"; missing: {', '.join(misses)}." if misses else "."))
-    return (f"Overall p50 is {ratio:.2f}x bare ffmpeg, which {status} the aim (p50 within {AIM_RATIO}x of bare "
-            f"ffmpeg) overall; per case, {per_case}")
+    per_case = f"{len(normal) - len(misses)} of {len(normal)} normal cases are within {AIM_RATIO}x" + (
+        f"; missing: {', '.join(misses)}." if misses else "."
+    )
+    return (
+        f"Overall p50 is {ratio:.2f}x bare ffmpeg, which {status} the aim (p50 within {AIM_RATIO}x of bare "
+        f"ffmpeg) overall; per case, {per_case}"
+    )
 
 
 def machine() -> dict[str, str]:
@@ -386,8 +461,15 @@ def machine() -> dict[str, str]:
     with contextlib.suppress(OSError, IndexError, ValueError):
         kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
         mem = f"{kb / 1024 / 1024:.0f} GiB"
-    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                            text=True, timeout=30, check=False).stdout.strip() or "unknown"
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=30, check=False)
+        return done.stdout.strip()
+
+    commit = git("describe", "--always") or "unknown"
+    # Only changes to the measured code count (this benchmark rewrites docs/ itself).
+    if git("status", "--porcelain", "--", "server", "client", "pyproject.toml"):
+        commit += " + uncommitted changes in server/, client/ or pyproject.toml"
     return {
         "nproc": str(len(os.sched_getaffinity(0))),
         "cpu": model,
@@ -449,8 +531,10 @@ def section(run: Run, info: dict[str, str], argv: Sequence[str], quick: bool, wh
         " ".join(baseline_argv(c0, Path("FILE"), Path("out.jpg"))).replace(f"{c0.time_s:g}", "T"),
     ]
     if intra is not None:
-        lines += ["# baseline for the intra case (keyframe at or before T, the bare way):",
-                  " ".join(baseline_argv(intra, Path("FILE"), Path("out.jpg"))).replace(f"{intra.time_s:g}", "T")]
+        lines += [
+            "# baseline for the intra case (keyframe at or before T, the bare way):",
+            " ".join(baseline_argv(intra, Path("FILE"), Path("out.jpg"))).replace(f"{intra.time_s:g}", "T"),
+        ]
     lines += ["```", ""]
     return "\n".join(lines)
 
@@ -478,10 +562,16 @@ def write_section(doc: Path, name: str, body: str) -> None:
     tmp.replace(doc)
 
 
-def save_raw(run: Run, info: dict[str, str], when: str) -> Path:
+def save_raw(run: Run, info: dict[str, str], when: str, quick: bool) -> Path:
+    """All samples as JSON under bench/results/ (gitignored); never overwrites an earlier run."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"sync-{when.replace(':', '').replace(' ', 'T')}.json"
-    path.write_text(json.dumps({"when": when, "machine": info, **asdict(run)}, indent=1))
+    stem = f"sync{'-quick' if quick else ''}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    path = RESULTS_DIR / f"{stem}.json"
+    for n in range(1, 1000):
+        if not path.exists():
+            break
+        path = RESULTS_DIR / f"{stem}-{n}.json"
+    path.write_text(json.dumps({"when": when, "quick": quick, "machine": info, **asdict(run)}, indent=1))
     return path
 
 
@@ -489,8 +579,9 @@ def save_raw(run: Run, info: dict[str, str], when: str) -> Path:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_sync", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.bench_sync", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rounds", type=int, help="counted rounds per case (default 10; 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="60-second file, scaled times: a smoke test")
     doc = p.add_mutually_exclusive_group()
@@ -504,7 +595,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def run(argv: Sequence[str] | None = None) -> Run:
+    """Parse ``argv``, measure, print the report, save the raw samples and (unless told not to) write the doc."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     media_obj = media.QUICK if args.quick else media.FULL
@@ -516,21 +608,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     load_before = loadavg()
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="mps-bench-sync-") as tmp:
-        run = asyncio.run(measure(media_file, media_file.stat().st_size, cases, args.rounds, Path(tmp), progress))
-    run.load_before, run.load_after = load_before, loadavg()
+        result = asyncio.run(measure(media_file, media_file.stat().st_size, cases, args.rounds, Path(tmp), progress))
+    result.load_before, result.load_after = load_before, loadavg()
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     info = machine()
     print()
-    print(table(run))
-    print(cold_lines(run))
-    print(verdict(run))
-    print(f"load average before/after: {run.load_before}/{run.load_after}")
-    raw = save_raw(run, info, when)
+    print(table(result))
+    print(cold_lines(result))
+    print(verdict(result))
+    print(f"load average before/after: {result.load_before}/{result.load_after}")
+    raw = save_raw(result, info, when, args.quick)
     print(f"\nraw samples: {raw}")
     if args.write_doc or not (args.quick or args.no_doc):
-        write_section(DOC, SECTION, section(run, info, argv, args.quick, when))
+        write_section(DOC, SECTION, section(result, info, argv, args.quick, when))
         print(f"updated {DOC}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run(argv)
     return 0
 
 

@@ -61,8 +61,15 @@ def run_bare(argv: Sequence[str], cwd: Path) -> float:
     for old in (*cwd.glob("key*.jpg"), cwd / "exact.jpg"):
         old.unlink(missing_ok=True)
     started = time.perf_counter()
-    done = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          cwd=cwd, timeout=bs.CALL_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        timeout=bs.CALL_TIMEOUT_S,
+        check=False,
+    )
     took = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"failed ({done.returncode}): {' '.join(argv)}\n{done.stderr.decode()[-2000:]}")
@@ -72,15 +79,32 @@ def run_bare(argv: Sequence[str], cwd: Path) -> float:
 def server_argvs(case: bs.Case, src: Source, info: MediaInfo, work: Path) -> dict[str, list[str]]:
     """The argv variants for one case, built by the server's own functions."""
     if case.frame_type == "intra":
-        argv = keyframe_argv(bs.FFMPEG, src, time_s=case.time_s, width=None, height=None,
-                             out_pattern=work / "key%d.jpg")
+        argv = keyframe_argv(
+            bs.FFMPEG, src, time_s=case.time_s, width=None, height=None, out_pattern=work / "key%d.jpg"
+        )
         return {"server argv": argv, "+ wrapper": [*process._wrapper(LIMITS), *argv]}
     fd = info.frame_duration_s
     start = max(0.0, case.time_s - fd + min(_EPS, fd / 4))  # as server.media.snapshot.capture_exact
-    argv = exact_argv(bs.FFMPEG, src, start_s=start, window_s=None, width=None, height=None,
-                      out=work / "exact.jpg", start_offset_s=info.start_time_s)
-    at_t = exact_argv(bs.FFMPEG, src, start_s=case.time_s, window_s=None, width=None, height=None,
-                      out=work / "exact.jpg", start_offset_s=info.start_time_s)
+    argv = exact_argv(
+        bs.FFMPEG,
+        src,
+        start_s=start,
+        window_s=None,
+        width=None,
+        height=None,
+        out=work / "exact.jpg",
+        start_offset_s=info.start_time_s,
+    )
+    at_t = exact_argv(
+        bs.FFMPEG,
+        src,
+        start_s=case.time_s,
+        window_s=None,
+        width=None,
+        height=None,
+        out=work / "exact.jpg",
+        start_offset_s=info.start_time_s,
+    )
     return {"server argv": argv, "argv @T": at_t, "+ wrapper": [*process._wrapper(LIMITS), *argv]}
 
 
@@ -91,8 +115,9 @@ def read_trace(path: Path, offset: int) -> tuple[list[dict[str, object]], int]:
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()], offset + len(data)
 
 
-async def grpc_call(client: SnapshotClient, case: bs.Case, trace: Path, offset: int, *, warm: bool
-                    ) -> tuple[float, dict[str, float], int]:
+async def grpc_call(
+    client: SnapshotClient, case: bs.Case, trace: Path, offset: int, *, warm: bool
+) -> tuple[float, dict[str, float], int]:
     took, _ = await bs.time_ours(client, case, "video.mp4", f"explain-{case.time_ms}.jpg")
     events: list[dict[str, object]] = []
     for _ in range(100):  # the server appends its last lines just after answering
@@ -105,8 +130,9 @@ async def grpc_call(client: SnapshotClient, case: bs.Case, trace: Path, offset: 
     for e in events:
         step = f"run {e['what']}" if e["step"] == "run" else str(e["step"])
         spans[step] = spans.get(step, 0.0) + float(str(e["s"]))
-    if "submit" not in spans or (warm and ("run ffprobe" in spans
-                                           or sum(1 for e in events if e["step"] == "run") != 1)):
+    if "submit" not in spans or (
+        warm and ("run ffprobe" in spans or sum(1 for e in events if e["step"] == "run") != 1)
+    ):
         raise RuntimeError(f"unexpected server steps for a warm call: {events}")
     runs = spans.get("run ffmpeg", 0.0) + spans.get("run ffprobe", 0.0)
     steps = {
@@ -119,8 +145,9 @@ async def grpc_call(client: SnapshotClient, case: bs.Case, trace: Path, offset: 
     return took, steps, offset
 
 
-async def measure(media_file: Path, cases: list[bs.Case], rounds: int, work: Path,
-                  progress: Callable[[str], None]) -> tuple[dict[str, CaseTimes], list[float]]:
+async def measure(
+    media_file: Path, cases: list[bs.Case], rounds: int, work: Path, progress: Callable[[str], None]
+) -> tuple[dict[str, CaseTimes], list[float]]:
     data_dir = work / "data"
     (data_dir / bs.IN_BUCKET).mkdir(parents=True)
     src_path = data_dir / bs.IN_BUCKET / "video.mp4"
@@ -129,8 +156,12 @@ async def measure(media_file: Path, cases: list[bs.Case], rounds: int, work: Pat
     info = await probe(bs.FFPROBE, src.url, src.protocols, LIMITS)
     trace = work / "trace.jsonl"
     trace.touch()
-    server = bs.Server(data_dir, work / "server.log", program=[sys.executable, "-m", "bench.traced_server"],
-                       env={"BENCH_TRACE_FILE": str(trace)})
+    server = bs.Server(
+        data_dir,
+        work / "server.log",
+        program=[sys.executable, "-m", "bench.traced_server"],
+        env={"BENCH_TRACE_FILE": str(trace)},
+    )
     argvs = {c.name: server_argvs(c, src, info, work) for c in cases}
     results = {c.name: CaseTimes() for c in cases}
     ffprobe_s: list[float] = []
@@ -183,20 +214,34 @@ def ms(values: Sequence[float]) -> str:
 
 def report(cases: list[bs.Case], results: dict[str, CaseTimes], ffprobe_s: list[float]) -> str:
     variants = ("baseline", "server argv", "argv @T", "+ wrapper", "gRPC call")
-    out = ["p50 wall time in ms per variant:", "",
-           "| case | T (s) | " + " | ".join(variants) + " |",
-           "|---|---|" + "---|" * len(variants)]
+    out = [
+        "p50 wall time in ms per variant:",
+        "",
+        "| case | T (s) | " + " | ".join(variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
     for c in cases:
         v = results[c.name].variants
         out.append(f"| {c.name} | {c.time_s:g} | " + " | ".join(ms(v.get(n, [])) for n in variants) + " |")
-    out += ["", "p50 of each server-side step of the gRPC call, in ms (steps add up to the call):", "",
-            "| case | " + " | ".join(STEPS) + " | call |", "|---|" + "---|" * (len(STEPS) + 1)]
+    out += [
+        "",
+        "p50 of each server-side step of the gRPC call, in ms (steps add up to the call):",
+        "",
+        "| case | " + " | ".join(STEPS) + " | call |",
+        "|---|" + "---|" * (len(STEPS) + 1),
+    ]
     for c in cases:
         ct = results[c.name]
-        out.append(f"| {c.name} | " + " | ".join(ms(ct.steps[s]) for s in STEPS)
-                   + f" | {ms(ct.variants['gRPC call'])} |")
-    out += ["", f"Bare `ffprobe` as the server runs it (once per object version, the cold-call extra): "
-            f"p50 {ms(ffprobe_s)} ms.", "", *findings(cases, results), ""]
+        out.append(
+            f"| {c.name} | " + " | ".join(ms(ct.steps[s]) for s in STEPS) + f" | {ms(ct.variants['gRPC call'])} |"
+        )
+    out += [
+        "",
+        f"Bare `ffprobe` as the server runs it (once per object version, the cold-call extra): p50 {ms(ffprobe_s)} ms.",
+        "",
+        *findings(cases, results),
+        "",
+    ]
     return "\n".join(out)
 
 
@@ -210,20 +255,25 @@ def findings(cases: list[bs.Case], results: dict[str, CaseTimes]) -> list[str]:
     for c in cases:
         v, st = results[c.name].variants, results[c.name].steps
         outside = sum(p50(st[s]) for s in STEPS if s != "ffmpeg")
-        text = (f"- {c.name} (T={c.time_s:g}): call − baseline = {p50(v['gRPC call']) - p50(v['baseline']):+.0f}; "
-                f"server argv − baseline = {p50(v['server argv']) - p50(v['baseline']):+.0f}")
+        text = (
+            f"- {c.name} (T={c.time_s:g}): call − baseline = {p50(v['gRPC call']) - p50(v['baseline']):+.0f}; "
+            f"server argv − baseline = {p50(v['server argv']) - p50(v['baseline']):+.0f}"
+        )
         if "argv @T" in v:
             text += f", of which the seek to T minus one frame = {p50(v['server argv']) - p50(v['argv @T']):+.0f}"
-        text += (f"; setpriv/prlimit wrapper {p50(v['+ wrapper']) - p50(v['server argv']):+.0f}; "
-                 f"outside ffmpeg (JPEG publish, SQLite, Python, gRPC) {outside:.0f}.")
+        text += (
+            f"; setpriv/prlimit wrapper {p50(v['+ wrapper']) - p50(v['server argv']):+.0f}; "
+            f"outside ffmpeg (JPEG publish, SQLite, Python, gRPC) {outside:.0f}."
+        )
         lines.append(text)
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="python -m bench.explain_sync", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.explain_sync", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-doc", action="store_true", help="do not touch docs/performance.md")
@@ -238,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     load_before = bs.loadavg()
+    bs.stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="mps-bench-explain-") as tmp:
         results, ffprobe_s = asyncio.run(measure(media_file, cases, args.rounds, Path(tmp), progress))
     text = report(cases, results, ffprobe_s)
@@ -246,11 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (args.quick or args.no_doc):
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         command = " ".join([".venv/bin/python -m bench.explain_sync", *argv])
-        body = (f"## Sync snapshot latency: where the time goes\n\nMeasured {when} by `bench/explain_sync.py` "
-                f"({args.rounds} rounds after one warm-up, same machine and media as above; `{command}`). "
-                "*server argv* is the ffmpeg command the server builds, run bare; *argv @T* seeks to T instead "
-                "of T minus one frame; *+ wrapper* adds the server's setpriv/prlimit wrapper; *gRPC call* is "
-                "a whole SubmitSnapshotJob against `bench/traced_server.py` (the server with timers).\n\n" + text)
+        body = (
+            f"## Sync snapshot latency: where the time goes\n\nMeasured {when} by `bench/explain_sync.py` "
+            f"({args.rounds} rounds after one warm-up, same machine and media as above; `{command}`). "
+            "*server argv* is the ffmpeg command the server builds, run bare; *argv @T* seeks to T instead "
+            "of T minus one frame; *+ wrapper* adds the server's setpriv/prlimit wrapper; *gRPC call* is "
+            "a whole SubmitSnapshotJob against `bench/traced_server.py` (the server with timers).\n\n" + text
+        )
         bs.write_section(bs.DOC, SECTION, body)
         print(f"updated {bs.DOC}")
     return 0

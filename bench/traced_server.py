@@ -4,9 +4,11 @@
 
 The server code is not changed: this wraps a few of its functions before starting it, and
 appends one JSON line per finished step to $BENCH_TRACE_FILE: ``{"step": ..., "s": seconds,
-"what": ...}``. Steps: ``submit`` (JobService.submit, the whole server-side call), ``head``,
-``probe``, ``run`` (one ffmpeg/ffprobe process incl. its setpriv/prlimit wrapper, ``what`` is
-the program), ``put_file`` (publishing the JPEG, with fsync) and ``put_job`` (the SQLite commit).
+"what": ..., "start": epoch seconds}``, plus ``"argv"`` of each ``run`` when $BENCH_TRACE_ARGV is
+set (bench.bench_jobs uses that to show where a job's time goes). Steps: ``submit``
+(JobService.submit, the whole server-side call), ``head``, ``probe``, ``run`` (one ffmpeg/ffprobe
+process incl. its setpriv/prlimit wrapper, ``what`` is the program), ``put_file`` (publishing
+the JPEG, with fsync) and ``put_job`` (the SQLite commit).
 """
 
 from __future__ import annotations
@@ -23,22 +25,28 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _emit(step: str, seconds: float, what: str = "") -> None:
+def _emit(step: str, seconds: float, what: str = "", started: float = 0.0, argv: list[str] | None = None) -> None:
     path = os.environ.get("BENCH_TRACE_FILE")
     if path:
+        event: dict[str, object] = {"step": step, "s": seconds, "what": what, "start": started}
+        if argv is not None and os.environ.get("BENCH_TRACE_ARGV"):
+            event["argv"] = argv
         with open(path, "a") as f:
-            f.write(json.dumps({"step": step, "s": seconds, "what": what}) + "\n")
+            f.write(json.dumps(event) + "\n")
 
 
-def _timed(step: str, fn: Callable[..., Awaitable[T]], what: Callable[..., str] | None = None
-           ) -> Callable[..., Awaitable[T]]:
+def _timed(
+    step: str, fn: Callable[..., Awaitable[T]], what: Callable[..., str] | None = None
+) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> T:
+        wall = time.time()
         started = time.perf_counter()
         try:
             return await fn(*args, **kwargs)
         finally:
-            _emit(step, time.perf_counter() - started, what(*args, **kwargs) if what else "")
+            argv = [str(a) for a in args[0]] if step == "run" and args else None
+            _emit(step, time.perf_counter() - started, what(*args, **kwargs) if what else "", wall, argv)
 
     return wrapper
 
@@ -59,6 +67,7 @@ def install() -> None:
     ]
     for owner, name, step, what in targets:
         setattr(owner, name, _timed(step, getattr(owner, name), what))
+
 
 def main() -> int:
     install()
