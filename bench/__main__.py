@@ -1,6 +1,6 @@
 """The whole benchmark suite, each benchmark side by side with its baseline, in one command.
 
-    .venv/bin/python -m bench                 # everything, 3 rounds of the long ones (about 30-40 min)
+    .venv/bin/python -m bench                 # everything, 3 rounds of the long ones (about 20-25 min)
     .venv/bin/python -m bench --rounds 5
     .venv/bin/python -m bench --quick         # 60-s files, 1 round: a smoke test (about 3 min), docs left alone
     .venv/bin/python -m bench --only jobs,sprite   # a subset (the summary keeps the other rows)
@@ -134,7 +134,10 @@ def summary(suite: Suite, info: dict[str, str], started: float, which: Sequence[
         r.benchmark: {**dataclasses.asdict(r), "load": suite.loads.get(r.section, r.load), "when": when}
         for r in suite.rows
     }
-    rows = {} if set(which) == set(NAMES) else summary_rows_from_doc()
+    # Rows of sections this run did not measure (a subset, or a benchmark skipped for want of vcsi or a
+    # static ffmpeg) stay from the previous summary, with their own date; the others are replaced.
+    measured = {r.section for r in suite.rows}
+    rows = {k: v for k, v in summary_rows_from_doc().items() if v.get("section") not in measured}
     rows.update(fresh)
     table = [
         "| benchmark | ours (median) | baseline (median) | ratio | target | met? "
@@ -183,7 +186,8 @@ def summary(suite: Suite, info: dict[str, str], started: float, which: Sequence[
         f"measurement the suite compares the machine's busy CPU time (/proc/stat) with its own (the server and its "
         f"ffmpeg children, or the baseline process): a round during which other work took more than "
         f"{FOREIGN_LIMIT_CORES:g} cores on average is run again (at most {MAX_ATTEMPTS} tries, the quieter kept, "
-        "the other listed in the section). Raw samples: bench/results/suite-*.json (not committed).",
+        "the other listed in the section). The sections also show the hypervisor's steal time (/proc/stat), "
+        "which no process on this machine accounts for. Raw samples: bench/results/suite-*.json (not committed).",
         "",
         f"<!-- rows: {json.dumps(rows, ensure_ascii=False)} -->",
     ]

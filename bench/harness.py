@@ -74,9 +74,14 @@ def loadavg() -> str:
 
 def machine_busy_s() -> float:
     """CPU seconds the whole machine has been busy (user, nice, system, irq, softirq) since boot."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / CLK_TCK
+    return machine_cpu_s()[0]
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, steal) CPU seconds since boot; steal is time the hypervisor gave to other guests."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
 
 
 def proc_cpu_split(pid: int) -> tuple[float, float]:
@@ -108,6 +113,8 @@ class Measure:
     max_rss_kb: int = 0
     #: CPU of the server process itself (Python, gRPC, Pillow), apart from its ffmpeg children.
     server_self_s: float = 0.0
+    #: Cores the hypervisor gave to other guests meanwhile (steal time), on average.
+    steal_cores: float = 0.0
 
 
 class Stopwatch:
@@ -115,7 +122,7 @@ class Stopwatch:
 
     def __init__(self, server_pid: int | None = None) -> None:
         self.server_pid = server_pid
-        self.busy0 = machine_busy_s()
+        self.busy0, self.steal0 = machine_cpu_s()
         self.ours0 = self._ours()
         self.self0 = proc_cpu_split(server_pid)[0] if server_pid else 0.0
         self.t0 = time.perf_counter()
@@ -126,9 +133,11 @@ class Stopwatch:
     def stop(self) -> Measure:
         seconds = time.perf_counter() - self.t0
         ours = self._ours() - self.ours0
-        foreign = max(0.0, (machine_busy_s() - self.busy0) - ours)
+        busy, steal = machine_cpu_s()
+        foreign = max(0.0, (busy - self.busy0) - ours)
         self_s = proc_cpu_split(self.server_pid)[0] - self.self0 if self.server_pid else 0.0
-        return Measure(seconds, ours, foreign / seconds if seconds > 0 else 0.0, server_self_s=self_s)
+        per_s = 1 / seconds if seconds > 0 else 0.0
+        return Measure(seconds, ours, foreign * per_s, server_self_s=self_s, steal_cores=(steal - self.steal0) * per_s)
 
 
 async def quiet_check(server_pid: int | None, log: Progress) -> tuple[str, float]:
@@ -163,7 +172,7 @@ class Sample:
 
 
 def sample(side: str, rnd: int, m: Measure, attempt: int, **extra: float) -> Sample:
-    return Sample(side, rnd, m.seconds, m.cpu_s, m.foreign_cores, attempt, dict(extra))
+    return Sample(side, rnd, m.seconds, m.cpu_s, m.foreign_cores, attempt, {"steal_cores": m.steal_cores, **extra})
 
 
 @dataclass(frozen=True)
@@ -676,7 +685,13 @@ def speedup_row(
 def rounds_table(r: Rounds, sides: Sequence[tuple[str, str]], ratio_of: Sequence[tuple[str, str, str]]) -> list[str]:
     """Per-round seconds for each side, per-round ratios (baseline/ours), other work, then medians.
     ``sides``: (side, column title); ``ratio_of``: (column title, numerator side, denominator side)."""
-    head = ["round", *[t for _, t in sides], *[t for t, _, _ in ratio_of], "other work (cores, max of sides)"]
+    head = [
+        "round",
+        *[t for _, t in sides],
+        *[t for t, _, _ in ratio_of],
+        "other work (cores, max of sides)",
+        "steal (cores, max)",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, rnd in enumerate(r.kept, 1):
         cells = [
@@ -686,10 +701,11 @@ def rounds_table(r: Rounds, sides: Sequence[tuple[str, str]], ratio_of: Sequence
         cells += [fmt_s(rnd[s].seconds) if s in rnd else "—" for s, _ in sides]
         cells += [f"{rnd[a].seconds / rnd[b].seconds:.2f}x" for _, a, b in ratio_of]
         cells.append(f"{r.worst_foreign(rnd):.2f}")
+        cells.append(f"{max(s.extra.get('steal_cores', 0.0) for s in rnd.values()):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     med = ["**median**", *[f"**{fmt_s(r.median(s))}**" for s, _ in sides]]
     med += [f"**{r.median(a) / r.median(b):.2f}x**" for _, a, b in ratio_of]
-    med.append("")
+    med += ["", ""]
     lines.append("| " + " | ".join(med) + " |")
     if r.discarded:
         lines.append("")
