@@ -186,8 +186,10 @@ def summary(suite: Suite, info: dict[str, str], started: float, which: Sequence[
         f"measurement the suite compares the machine's busy CPU time (/proc/stat) with its own (the server and its "
         f"ffmpeg children, or the baseline process): a round during which other work took more than "
         f"{FOREIGN_LIMIT_CORES:g} cores on average is run again (at most {MAX_ATTEMPTS} tries, the quieter kept, "
-        "the other listed in the section). The sections also show the hypervisor's steal time (/proc/stat), "
-        "which no process on this machine accounts for. Raw samples: bench/results/suite-*.json (not committed).",
+        "the other listed in the section). Before each side the media are read into the page cache again "
+        "(untimed: this VM's memory reclaim evicts idle pages). The sections also show the hypervisor's steal time "
+        "(/proc/stat) and the seconds all tasks stalled on I/O (/proc/pressure/io), which no CPU figure shows. "
+        "Raw samples: bench/results/suite-*.json (not committed).",
         "",
         f"<!-- rows: {json.dumps(rows, ensure_ascii=False)} -->",
     ]

@@ -80,7 +80,9 @@ async def bench_build(suite: Suite, debian_sync: bs.Run | None) -> None:
         exact = JobSide(s, "exact-static", "a.mp4", {"Time": 0, "Interval": 6, "Num": 100}, images=n)
         base = ProcSide(suite, s, "baseline-static", lambda out: fps_argv(static, src, "1/6", 100, out))
         progress("benchmark 7: job 1 with the static ffmpeg (1 round)")
-        r = await run_rounds([Side("exact-static", exact), Side("baseline-static", base)], 1, progress, "static")
+        r = await run_rounds(
+            [Side("exact-static", exact), Side("baseline-static", base)], 1, progress, "static", prepare=suite.warm
+        )
         plans = exact.plans
     sync_rounds = 2 if suite.quick else 5
     cases = list(bs.QUICK_CASES if suite.quick else bs.FULL_CASES)

@@ -179,7 +179,7 @@ async def bench_concurrency(suite: Suite) -> None:
             Side("bare2t1", BareWorkers(suite, s, times, 2, threads_1=True)),
         ]
         progress(f"benchmark 5: {count} sync snapshots, 1 caller vs {CALLERS}; bare ffmpeg 1 vs 2 at a time")
-        r = await run_rounds(sides, suite.rounds, progress, "concurrency")
+        r = await run_rounds(sides, suite.rounds, progress, "concurrency", prepare=suite.warm)
     suite.raw["concurrency"] = r
     many = f"ours{CALLERS}"
     ratio = r.median(many, "per_s") / r.median("ours1", "per_s")

@@ -20,6 +20,7 @@ sides rotates) and every round runs every baseline afresh (no cached baseline re
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import statistics
@@ -265,7 +266,7 @@ async def bench_sequences(suite: Suite, s: Session) -> None:
     base = ProcSide(suite, s, "baseline", lambda out: fps_argv(bs.FFMPEG, src, "1/6", 100, out))
     progress(f"benchmarks 1+2: {n} images at 6 s steps, exact and intra, vs the fps=1/6 pass; {suite.rounds} rounds")
     r = await run_rounds([Side("exact", exact), Side("intra", intra), Side("baseline", base)], suite.rounds,
-                         progress, "jobs 1+2")  # fmt: skip
+                         progress, "jobs 1+2", prepare=suite.warm)  # fmt: skip
     suite.raw["sequences"] = r
     explained = await explain(suite, {"a.mp4": src}, [exact, intra])
     b = r.median("baseline")
@@ -328,7 +329,9 @@ async def bench_gop10(suite: Suite, s: Session) -> None:
     job = JobSide(s, "gop10", "c.mp4", {"Time": 1000, "Interval": 10, "Num": 100, "FrameType": "normal"}, images=n)
     base = ProcSide(suite, s, "baseline", lambda out: fps_argv(bs.FFMPEG, src, "1/10", n, out))
     progress(f"benchmark 3: {n} exact images 1 s after each keyframe of the 10-s-GOP file; {suite.rounds} rounds")
-    r = await run_rounds([Side("gop10", job), Side("baseline", base)], suite.rounds, progress, "job 3")
+    r = await run_rounds(
+        [Side("gop10", job), Side("baseline", base)], suite.rounds, progress, "job 3", prepare=suite.warm
+    )
     suite.raw["gop10"] = r
     explained = await explain(suite, {"c.mp4": src}, [job])
     o, b = r.median("gop10"), r.median("baseline")
@@ -385,7 +388,7 @@ async def bench_sprite(suite: Suite, s: Session) -> None:
         sides.append(Side("vcsi", ProcSide(suite, s, "vcsi", lambda out: vcsi_argv(vcsi, src, out / "sheet.jpg"),
                                            env=vcsi_env())))  # fmt: skip
     progress(f"benchmark 4: a 10x10 sprite of 160x90 cells vs ffmpeg tile{' and vcsi' if vcsi else ''}")
-    r = await run_rounds(sides, suite.rounds, progress, "sprite")
+    r = await run_rounds(sides, suite.rounds, progress, "sprite", prepare=suite.warm)
     suite.raw["sprite"] = r
     explained = await explain(suite, {"a.mp4": src}, [job])
     o, b = r.median("sprite"), r.median("ffmpeg")
@@ -469,6 +472,7 @@ async def memory_run(suite: Suite, label: str, env: dict[str, str], n: int, shee
         job = JobSide(s, "memory", "a.mp4", config, images=n, tile=TILE, sprites=sheets)
         sampler = RssSampler(s.pid)
         progress(f"benchmark 6 ({label}): server memory during a sprite job of {n} cells ({sheets} sprites)")
+        await asyncio.to_thread(suite.warm)
         sampler.start()
         error = ""
         ours: Sample | None = None
@@ -499,6 +503,7 @@ async def bench_memory(suite: Suite) -> None:
         env = {"MPS_SNAPSHOT_MAX_FFMPEG_PROCESSES": str(procs)}
         runs.append(await memory_run(suite, f"workaround: max_ffmpeg_processes {procs}", env, n, sheets))
     base = ProcSide(suite, None, "ffmpeg", lambda out: tile_argv(bs.FFMPEG, src, fps, sheets, out))
+    await asyncio.to_thread(suite.warm)
     theirs = await base(1, 1)
     base_rss_kb = int(theirs.extra["max_rss_kb"])
     suite.raw["memory"] = {"runs": runs, "baseline": theirs}

@@ -84,6 +84,18 @@ def machine_cpu_s() -> tuple[float, float]:
     return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
 
 
+def io_stall_s() -> float:
+    """Seconds in which every non-idle task waited for I/O (PSI ``full``, /proc/pressure/io), since boot:
+    reads that missed the page cache show up here, and not as CPU."""
+    try:
+        for line in Path("/proc/pressure/io").read_text().splitlines():
+            if line.startswith("full"):
+                return int(line.rsplit("total=", 1)[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def proc_cpu_split(pid: int) -> tuple[float, float]:
     """(utime + stime, cutime + cstime) of a live process: itself, and the children it has reaped."""
     try:
@@ -115,6 +127,8 @@ class Measure:
     server_self_s: float = 0.0
     #: Cores the hypervisor gave to other guests meanwhile (steal time), on average.
     steal_cores: float = 0.0
+    #: Seconds during which all running tasks waited for I/O (PSI full).
+    io_stall_s: float = 0.0
 
 
 class Stopwatch:
@@ -123,6 +137,7 @@ class Stopwatch:
     def __init__(self, server_pid: int | None = None) -> None:
         self.server_pid = server_pid
         self.busy0, self.steal0 = machine_cpu_s()
+        self.io0 = io_stall_s()
         self.ours0 = self._ours()
         self.self0 = proc_cpu_split(server_pid)[0] if server_pid else 0.0
         self.t0 = time.perf_counter()
@@ -137,7 +152,14 @@ class Stopwatch:
         foreign = max(0.0, (busy - self.busy0) - ours)
         self_s = proc_cpu_split(self.server_pid)[0] - self.self0 if self.server_pid else 0.0
         per_s = 1 / seconds if seconds > 0 else 0.0
-        return Measure(seconds, ours, foreign * per_s, server_self_s=self_s, steal_cores=(steal - self.steal0) * per_s)
+        return Measure(
+            seconds,
+            ours,
+            foreign * per_s,
+            server_self_s=self_s,
+            steal_cores=(steal - self.steal0) * per_s,
+            io_stall_s=io_stall_s() - self.io0,
+        )
 
 
 async def quiet_check(server_pid: int | None, log: Progress) -> tuple[str, float]:
@@ -172,7 +194,8 @@ class Sample:
 
 
 def sample(side: str, rnd: int, m: Measure, attempt: int, **extra: float) -> Sample:
-    return Sample(side, rnd, m.seconds, m.cpu_s, m.foreign_cores, attempt, {"steal_cores": m.steal_cores, **extra})
+    base = {"steal_cores": m.steal_cores, "io_stall_s": m.io_stall_s}
+    return Sample(side, rnd, m.seconds, m.cpu_s, m.foreign_cores, attempt, {**base, **extra})
 
 
 @dataclass(frozen=True)
@@ -207,10 +230,13 @@ def value(s: Sample, key: str) -> float:
     return s.extra[key]
 
 
-async def run_rounds(sides: Sequence[Side], rounds: int, log: Progress, label: str) -> Rounds:
-    """Interleaved rounds: each runs every side once, in an order that rotates from round to round.
-    A round during which other work took more than FOREIGN_LIMIT_CORES is tried again (at most
-    MAX_ATTEMPTS tries; the try with the least other work is kept, the others are reported)."""
+async def run_rounds(
+    sides: Sequence[Side], rounds: int, log: Progress, label: str, prepare: Callable[[], None] | None = None
+) -> Rounds:
+    """Interleaved rounds: each runs every side once, in an order that rotates from round to round;
+    ``prepare`` (untimed) runs before each side. A round during which other work took more than
+    FOREIGN_LIMIT_CORES is tried again (at most MAX_ATTEMPTS tries; the try with the least other work
+    is kept, the others are reported)."""
     out = Rounds([s.name for s in sides])
     for r in range(rounds):
         shift = r % len(sides)
@@ -219,11 +245,14 @@ async def run_rounds(sides: Sequence[Side], rounds: int, log: Progress, label: s
         for attempt in range(1, MAX_ATTEMPTS + 1):
             got: dict[str, Sample] = {}
             for side in order:
+                if prepare is not None:
+                    await asyncio.to_thread(prepare)
                 s = await side.run(r + 1, attempt)
                 got[side.name] = s
                 log(
                     f"{label} round {r + 1}/{rounds} (try {attempt}): {side.name} {s.seconds:.2f} s, "
-                    f"cpu {s.cpu_s:.1f} s, other work {s.foreign_cores:.2f} cores"
+                    f"cpu {s.cpu_s:.1f} s, other work {s.foreign_cores:.2f} cores, "
+                    f"I/O stall {s.extra.get('io_stall_s', 0.0):.2f} s"
                 )
             if best is None or out.worst_foreign(got) < out.worst_foreign(best):
                 if best is not None:
@@ -691,6 +720,7 @@ def rounds_table(r: Rounds, sides: Sequence[tuple[str, str]], ratio_of: Sequence
         *[t for t, _, _ in ratio_of],
         "other work (cores, max of sides)",
         "steal (cores, max)",
+        "I/O stall s (max)",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, rnd in enumerate(r.kept, 1):
@@ -702,10 +732,11 @@ def rounds_table(r: Rounds, sides: Sequence[tuple[str, str]], ratio_of: Sequence
         cells += [f"{rnd[a].seconds / rnd[b].seconds:.2f}x" for _, a, b in ratio_of]
         cells.append(f"{r.worst_foreign(rnd):.2f}")
         cells.append(f"{max(s.extra.get('steal_cores', 0.0) for s in rnd.values()):.2f}")
+        cells.append(f"{max(s.extra.get('io_stall_s', 0.0) for s in rnd.values()):.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     med = ["**median**", *[f"**{fmt_s(r.median(s))}**" for s, _ in sides]]
     med += [f"**{r.median(a) / r.median(b):.2f}x**" for _, a, b in ratio_of]
-    med += ["", ""]
+    med += ["", "", ""]
     lines.append("| " + " | ".join(med) + " |")
     if r.discarded:
         lines.append("")
@@ -802,6 +833,11 @@ class Suite:
             f"(2-s sample while the suite was idle): {foreign:.2f} cores.",
             "",
         ]
+
+    def warm(self) -> None:
+        """Read the media into the page cache again (the VM's memory reclaim evicts idle pages), so no
+        side pays for disk reads the other did not."""
+        warm_page_cache([self.media_a, self.media_c])
 
     def note_load(self, name: str, load: str, idle: float) -> None:
         """The load average at a benchmark's start, and the cores other work used just before it."""
