@@ -137,7 +137,8 @@ def summary(suite: Suite, info: dict[str, str], started: float, which: Sequence[
     # Rows of sections this run did not measure (a subset, or a benchmark skipped for want of vcsi or a
     # static ffmpeg) stay from the previous summary, with their own date; the others are replaced.
     measured = {r.section for r in suite.rows}
-    rows = {k: v for k, v in summary_rows_from_doc().items() if v.get("section") not in measured}
+    previous = {} if suite.quick else summary_rows_from_doc()  # quick numbers never mix with full ones
+    rows = {k: v for k, v in previous.items() if v.get("section") not in measured}
     rows.update(fresh)
     table = [
         "| benchmark | ours (median) | baseline (median) | ratio | target | met? "
