@@ -35,6 +35,3 @@ class JobEvents:
                 # The slow watcher gets a None: its stream ends with the job as stored.
                 queue.get_nowait()
                 queue.put_nowait(None)
-
-    def watcher_count(self, job_id: str) -> int:
-        return len(self._watchers.get(job_id, ()))

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from server.domain.errors import InvalidParameter, InvalidState, ResourceNotFound
 from server.domain.models import NotifyConfig, Pipeline, PipelineState
-from server.ids import is_id, new_id
+from server.ids import new_id
 from server.store.sqlite import SqliteStore
 
 MAX_NAME_BYTES = 128
@@ -227,7 +227,3 @@ class PipelineRegistry:
             await self._store.delete_pipeline(pipeline_id)
             del self._pipelines[pipeline_id]
         await self._notify(None, pipeline_id)
-
-    @staticmethod
-    def valid_id(pipeline_id: str) -> bool:
-        return is_id(pipeline_id)

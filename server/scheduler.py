@@ -250,10 +250,6 @@ class Scheduler:
             await runtime.close()
         await self.notifications.close()
 
-    def queued(self, pipeline_id: str) -> int:
-        runtime = self.runtimes.get(pipeline_id)
-        return runtime.waiting if runtime else 0
-
 
 def _cancelled(job: Job) -> Job:
     return dataclasses.replace(

@@ -4,59 +4,15 @@ kill -9, and ends once with exactly its outputs; no ffmpeg outlives the server."
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
-import sys
 from pathlib import Path
 
 from client import SnapshotClient
 from client.api import snapshot_service_pb2 as sps
+from tests.children import ServerProcess
 from tests.conftest import put
 from tests.media import Video
 from tests.test_async_jobs import live_ffmpeg, submit_request
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, **settings: str) -> None:
-        self.data_dir = data_dir
-        self.settings = settings
-        self.proc: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self._drainer: asyncio.Task[None] | None = None
-
-    async def start(self) -> int:
-        env = {
-            **os.environ,
-            "MPS_SNAPSHOT_DATA_DIR": str(self.data_dir),
-            "MPS_SNAPSHOT_LISTEN": "127.0.0.1:0",
-            **{f"MPS_SNAPSHOT_{k.upper()}": v for k, v in self.settings.items()},
-        }
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True
-        )
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(30):
-            while True:
-                line = (await self.proc.stderr.readline()).decode()
-                assert line, "server exited before listening"
-                if match := re.search(r"\(port (\d+)\)", line):
-                    self.port = int(match.group(1))
-                    break
-        self._drainer = asyncio.create_task(self._drain())
-        return self.port
-
-    async def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        while await self.proc.stderr.readline():
-            pass
-
-    async def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(sig)
-        async with asyncio.timeout(20):
-            return await self.proc.wait()
 
 
 async def decoding(data_dir: Path) -> None:

@@ -8,15 +8,14 @@ scripts/setup.sh --dev installs the Debian packages.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
 from server.app import App
+from tests.children import run_child
 from tests.conftest import put
 from tests.media import Video
 
@@ -28,26 +27,6 @@ pytestmark = pytest.mark.skipif(
     reason="Go is not installed: the Go client test needs Debian's golang-go, protoc-gen-go-grpc and "
     "golang-google-grpc-dev (scripts/setup.sh --dev installs them)",
 )
-
-
-async def run_child(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Run a command in its own process group; its exit code and combined output."""
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        pytest.fail(f"{' '.join(args)} did not finish within {timeout} s")
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 @pytest.mark.timeout(240)

@@ -7,15 +7,14 @@ scripts/setup.sh --dev installs the npm packages (npm ci in clients/node).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
 
 from server.app import App
+from tests.children import run_child
 from tests.conftest import put
 from tests.media import Video
 
@@ -24,26 +23,6 @@ NODE_DIR = ROOT / "clients" / "node"
 NODE = shutil.which("node")
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed: the Node.js client test needs Node.js 18+")
-
-
-async def run_child(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
-    """Run a command in its own process group; its exit code and combined output."""
-    proc = await asyncio.create_subprocess_exec(
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        pytest.fail(f"{' '.join(args)} did not finish within {timeout} s")
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
 
 
 async def test_node_client_end_to_end(app: App, data_dir: Path, bucket: str, videos: dict[str, Video]) -> None:

@@ -3,11 +3,7 @@ graceful shutdown on SIGTERM."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from client import SnapshotClient
 from server.app import App
 from server.config import load
+from tests.children import ServerProcess
 
 
 async def test_health_and_reflection(app: App, client: SnapshotClient) -> None:
@@ -56,39 +53,13 @@ def test_settings_from_file_env_and_flags(tmp_path: Path) -> None:
         load(cfg, env={})
 
 
-async def _start(tmp_path: Path, *args: str) -> tuple[asyncio.subprocess.Process, int]:
-    env = {**os.environ, "MPS_SNAPSHOT_DATA_DIR": str(tmp_path / "data"), "MPS_SNAPSHOT_SHUTDOWN_GRACE_S": "2"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        *args,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    assert proc.stderr is not None
-    async with asyncio.timeout(30):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            assert line, "server exited before listening"
-            if match := re.search(r"\(port (\d+)\)", line):
-                return proc, int(match.group(1))
-
-
 async def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
-    proc, port = await _start(tmp_path)
+    server = ServerProcess(tmp_path / "data", "--listen", "127.0.0.1:0", shutdown_grace_s="2")
+    port = await server.start()
     try:
         async with SnapshotClient(f"127.0.0.1:{port}") as c:
             assert await c.health() == "SERVING"
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(10):
-                code = await proc.wait()
-        assert code == 0
+            assert await server.kill(signal.SIGTERM) == 0
         assert (tmp_path / "data" / "mps-snapshot.db").exists()
     finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+        await server.kill(signal.SIGKILL)

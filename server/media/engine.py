@@ -131,30 +131,17 @@ class MediaEngine:
         workdir: Path,
         wall_seconds: float,
     ) -> Frame:
-        src = Source(handle.url, handle.protocols)
-        limits = self.limits(wall_seconds)
+        capture = capture_keyframe if frame_type is FrameType.INTRA else capture_exact
         async with self._slot():
-            if frame_type is FrameType.INTRA:
-                return await capture_keyframe(
-                    self.ffmpeg,
-                    src,
-                    info,
-                    time_s=time_s,
-                    width=width,
-                    height=height,
-                    workdir=workdir,
-                    limits=limits,
-                    max_bytes=self._max_image_bytes,
-                )
-            return await capture_exact(
+            return await capture(
                 self.ffmpeg,
-                src,
+                Source(handle.url, handle.protocols),
                 info,
                 time_s=time_s,
                 width=width,
                 height=height,
                 workdir=workdir,
-                limits=limits,
+                limits=self.limits(wall_seconds),
                 max_bytes=self._max_image_bytes,
             )
 

@@ -102,13 +102,3 @@ class LocalStore:
     def for_role(self, role_arn: str) -> LocalStore:
         # Folders on the server's disk have no credentials: RoleArn is only echoed.
         return self
-
-    async def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
-        """Used by the CLI's ``put`` to upload a file into the embedded store."""
-        dest = self.path(bucket, key)
-        tmp_src = self.uploads / f"{uuid.uuid4().hex}.src"
-        try:
-            tmp_src.write_bytes(data)
-            await asyncio.to_thread(self._put, dest, tmp_src)
-        finally:
-            tmp_src.unlink(missing_ok=True)
