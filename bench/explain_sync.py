@@ -5,10 +5,11 @@
 For each case of bench.bench_sync it times, interleaved, round by round:
 
   baseline      the bare ffmpeg command of bench.bench_sync
-  server argv   the exact ffmpeg argv the server builds (server.media.snapshot.exact_argv /
-                keyframe_argv: hardening options, -copyts, scale/setsar/showinfo, -q:v 2, and
-                for FrameType normal a seek to T minus one frame), run bare
-  argv @T       (normal only) the same argv seeking to T itself instead of T minus one frame
+  server argv   the exact ffmpeg argv the server builds (server.media.argv.capture_argv with
+                an ExactPoint or KeyPoint: hardening options, -copyts, showinfo/trim/scale/setsar/
+                showinfo, -q:v 2, and for FrameType normal a seek to T keeping the window of one
+                frame interval ending at T), run bare
+  argv @T       (normal only) the same argv keeping frames from T on instead
   + wrapper     the server argv under the setpriv/prlimit wrapper the server adds (server.media.process)
   gRPC call     one SnapshotClient.snapshot against bench.traced_server, with the server-side
                 steps timed: the ffmpeg process, publishing the JPEG, the SQLite commit, the rest
@@ -38,9 +39,10 @@ from grpc import aio  # type: ignore[import-untyped, unused-ignore]
 from bench import bench_sync as bs
 from bench import media
 from client._client import SnapshotClient
+from server.domain import frames
 from server.media import process
-from server.media.probe import MediaInfo, probe, probe_argv
-from server.media.snapshot import _EPS, Source, exact_argv, keyframe_argv
+from server.media.argv import Encoding, ExactPoint, KeyPoint, Source, capture_argv, probe_argv
+from server.media.probe import MediaInfo, probe
 
 SECTION = "sync-breakdown"
 LIMITS = process.Limits(wall_seconds=bs.CALL_TIMEOUT_S)
@@ -79,31 +81,14 @@ def run_bare(argv: Sequence[str], cwd: Path) -> float:
 def server_argvs(case: bs.Case, src: Source, info: MediaInfo, work: Path) -> dict[str, list[str]]:
     """The argv variants for one case, built by the server's own functions."""
     if case.frame_type == "intra":
-        argv = keyframe_argv(
-            bs.FFMPEG, src, time_s=case.time_s, width=None, height=None, out_pattern=work / "key%d.jpg"
-        )
+        argv = capture_argv(bs.FFMPEG, src, [KeyPoint(case.time_s)], Encoding(), work)
         return {"server argv": argv, "+ wrapper": [*process._wrapper(LIMITS), *argv]}
-    fd = info.frame_duration_s
-    start = max(0.0, case.time_s - fd + min(_EPS, fd / 4))  # as server.media.snapshot.capture_exact
-    argv = exact_argv(
-        bs.FFMPEG,
-        src,
-        start_s=start,
-        window_s=None,
-        width=None,
-        height=None,
-        out=work / "exact.jpg",
-        start_offset_s=info.start_time_s,
-    )
-    at_t = exact_argv(
-        bs.FFMPEG,
-        src,
-        start_s=case.time_s,
-        window_s=None,
-        width=None,
-        height=None,
-        out=work / "exact.jpg",
-        start_offset_s=info.start_time_s,
+    origin = info.start_time_s
+    start, end = frames.exact_window(case.time_s, info.frame_duration_s, variable_rate=info.variable_rate)
+    # as server.media.capture.capture_exact: seek to T, keep the window ending at T
+    argv = capture_argv(bs.FFMPEG, src, [ExactPoint(case.time_s, (origin + start, origin + end))], Encoding(), work)
+    at_t = capture_argv(
+        bs.FFMPEG, src, [ExactPoint(case.time_s, (origin + case.time_s, origin + end + 1))], Encoding(), work
     )
     return {"server argv": argv, "argv @T": at_t, "+ wrapper": [*process._wrapper(LIMITS), *argv]}
 

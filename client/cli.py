@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
+from google.protobuf import json_format
+
 from client import mps_json
 from client._client import DEFAULT_TARGET, SnapshotClient
 from client.auth import derive_key
@@ -29,6 +31,21 @@ def _split(path: str) -> tuple[str, str]:
     if not sep or not key:
         raise SystemExit(f"expected BUCKET/KEY, got {path!r}")
     return bucket, key
+
+
+def _read_request(name: str) -> str:
+    """The request JSON of ``submit``, checked before anything is sent, so a typo ends with
+    one line saying where, not a traceback."""
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text()
+    except OSError as err:
+        raise SystemExit(f"error: {name}: {err.strerror or err}") from None
+    try:
+        json.loads(text)
+    except ValueError as err:
+        where = "standard input" if name == "-" else name
+        raise SystemExit(f"error: {where} is not valid JSON: {err}") from None
+    return text
 
 
 def _print(message: object) -> None:
@@ -96,12 +113,15 @@ def _put(args: argparse.Namespace) -> int:
     from server.domain.keys import check_bucket, check_key
     from server.storage.local import LocalStore
 
+    source = Path(args.file)
+    if not source.is_file():
+        raise SystemExit(f"error: {args.file}: no such file (give the path of a video to copy into the store)")
     settings = load(data_dir=Path(args.data_dir) if args.data_dir else None)
     bucket, key = _split(args.dest)
     check_bucket(bucket, "bucket")
     check_key(key, "key")
     store = LocalStore(settings.data_dir)
-    asyncio.run(store.put_file(bucket, key, Path(args.file), "application/octet-stream"))
+    asyncio.run(store.put_file(bucket, key, source, "application/octet-stream"))
     print(f"stored {store.path(bucket, key)}  (Bucket {bucket}, Object {quote(key, safe='')})")
     return 0
 
@@ -198,8 +218,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(derive_key(secret))
             return 0
         if args.command == "submit":
-            args.text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+            args.text = _read_request(args.file)
         return asyncio.run(_client_command(args))
+    except json_format.ParseError as err:
+        print(f"error: the request is not a SubmitSnapshotJob request: {err}", file=sys.stderr)
+        return 2
     except MpsApiError as err:
         print(f"error: {err.code}: {err.message}", file=sys.stderr)
         for v in err.violations:

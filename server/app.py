@@ -116,6 +116,7 @@ class App:
             max_input_streams=s.max_input_streams,
             max_input_pixels=s.max_input_pixels,
             max_duration_s=s.max_duration_s,
+            sync_reserved=s.sync_reserved_processes,
         )
         self.engine.sweep()
         self.pipelines = PipelineRegistry(

@@ -94,6 +94,9 @@ class Settings:
     sync_timeout_s: float = 5.0
     #: Most ffmpeg/ffprobe processes running at once across all pipelines.
     max_ffmpeg_processes: int = field(default_factory=lambda: os.cpu_count() or 2)
+    #: Extra processes only synchronous snapshots may start when every shared one is busy
+    #: (they also go ahead of queued async work), so a sync call is never starved.
+    sync_reserved_processes: int = 1
     #: Wall-clock limit of one ffmpeg run in an asynchronous job, in seconds.
     ffmpeg_timeout_s: float = 300.0
     #: CPU-seconds and address-space limits of one ffmpeg process.
@@ -149,6 +152,17 @@ class Settings:
     log_level: str = "INFO"
     #: Storage routes, tried in order (from the TOML file's [[storage]] tables).
     storage: tuple[StorageRoute, ...] = (StorageRoute(),)
+
+    def __post_init__(self) -> None:
+        # Every path setting is made absolute once, when the settings are made: ffmpeg runs
+        # with its working directory in a private work folder, so a relative path handed to
+        # it (the default ``data`` folder included) would name a file that does not exist there.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                object.__setattr__(self, f.name, value.expanduser().resolve())
+            elif f.name.endswith("_file") and isinstance(value, str) and value:
+                object.__setattr__(self, f.name, str(Path(value).expanduser().resolve()))
 
     @property
     def db_path(self) -> Path:

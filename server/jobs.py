@@ -18,14 +18,14 @@ from server.domain.errors import (
     InvalidParameter,
     InvalidState,
     MpsError,
-    ResourceContentBad,
     ResourceNotFound,
     SnapshotTimeOut,
 )
-from server.domain.models import FrameType, Job, JobState, SnapshotImage, SnapshotRequest
+from server.domain.models import Job, JobState, SnapshotImage, SnapshotRequest
 from server.events import JobEvents
 from server.ids import new_id
-from server.media.engine import MediaEngine
+from server.media.argv import Encoding
+from server.media.engine import MediaEngine, Priority
 from server.pipelines import PipelineRegistry
 from server.storage.base import ObjectInfo, ObjectStore
 from server.storage.router import StorageRouter
@@ -243,13 +243,12 @@ class JobService:
     ) -> Job:
         config = valid.config
         handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
-        info = await self.engine.probe(handle, (id(in_store), valid.input.bucket, valid.input_key, head.version), limit)
+        info = await self.engine.probe(
+            handle, (id(in_store), valid.input.bucket, valid.input_key, head.version), limit, Priority.SYNC
+        )
+        # Past the end is judged by the decode (the display end of the last frame), not by
+        # the probe's duration, which some containers only estimate.
         time_ms = config.time or 0
-        if valid.frame_type is FrameType.NORMAL and time_ms / 1000 >= info.duration_s:
-            raise ResourceContentBad(
-                f"Time {time_ms} ms is past the end of the video, which is {round(info.duration_s * 1000)} ms "
-                "long; use a Time below the duration, or FrameType intra to get the last keyframe."
-            )
         out = valid.output_file
         out_store = self.router.store_for(out, "snapshot_config.output_file")
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
@@ -259,10 +258,10 @@ class JobService:
                 info,
                 time_s=time_ms / 1000,
                 frame_type=valid.frame_type,
-                width=config.width,
-                height=config.height,
+                enc=Encoding(config.width, config.height),
                 workdir=workdir,
                 wall_seconds=limit,
+                priority=Priority.SYNC,
             )
             written.append((out_store, out.bucket, key))
             await out_store.put_file(out.bucket, key, frame.path, "image/jpeg")

@@ -20,10 +20,10 @@ from server.domain import extraction, planning, sprites, validation
 from server.domain.errors import InternalError, MpsError, ResourceContentBad
 from server.domain.models import FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
-from server.media import snapshot
+from server.media.argv import Encoding
+from server.media.capture import Frame, PastTheEnd
 from server.media.engine import MediaEngine
 from server.media.probe import MediaInfo
-from server.media.snapshot import Frame
 from server.media.sprite import SpriteCanvas
 from server.storage.base import InputHandle, ObjectStore
 from server.storage.router import StorageRouter
@@ -187,14 +187,15 @@ class JobRunner:
         chunks: list[tuple[extraction.Mode | None, list[int]]] = [(None, [0])] if first else []
         chunks += [(c.mode, [i + first for i in c.indexes]) for c in xplan.chunks]
 
+        enc = Encoding(width, height, full_chroma=cells_only)
+
         async def run_chunk(number: int, mode: extraction.Mode | None, indexes: list[int]) -> list[Frame | None]:
-            snapshot.full_chroma.set(cells_only)  # this task's context only
             folder = workdir / f"c{number:05d}"
             folder.mkdir()
             wanted = [points[i] for i in indexes]
             handle = await new_handle()
             times = [p.time_ms / 1000 for p in wanted]
-            w, h, t = width, height, self.timeout
+            t = self.timeout
             results: list[Frame | None]
             if mode is None:
                 assert first_override is not None
@@ -203,8 +204,7 @@ class JobRunner:
                     info,
                     time_s=first_override,
                     frame_type=FrameType.NORMAL,
-                    width=w,
-                    height=h,
+                    enc=enc,
                     workdir=folder,
                     wall_seconds=t,
                 )
@@ -217,29 +217,32 @@ class JobRunner:
                     times,
                     intra=intra,
                     tolerances_s=tolerances,
-                    width=w,
-                    height=h,
+                    enc=enc,
                     workdir=folder,
                     wall_seconds=t,
                 )
             else:
                 results = await self.engine.seek_batch(
-                    handle, info, times, intra=intra, width=w, height=h, workdir=folder, wall_seconds=t
+                    handle, info, times, intra=intra, enc=enc, workdir=folder, wall_seconds=t
                 )
             for k, frame in enumerate(results):
                 if frame is None:  # not served exactly by the batch: take this point on its own
                     single = folder / f"s{k}"
                     single.mkdir()
-                    results[k] = await self.engine.snapshot(
-                        handle,
-                        info,
-                        time_s=times[k],
-                        frame_type=valid.frame_type,
-                        width=width,
-                        height=height,
-                        workdir=single,
-                        wall_seconds=self.timeout,
-                    )
+                    try:
+                        results[k] = await self.engine.snapshot(
+                            handle,
+                            info,
+                            time_s=times[k],
+                            frame_type=valid.frame_type,
+                            enc=enc,
+                            workdir=single,
+                            wall_seconds=self.timeout,
+                        )
+                    except PastTheEnd:
+                        # The probe's duration can overstate the video (an estimate for files
+                        # without an index): points after the last frame are left out.
+                        results[k] = None
             if intra and mode is not None:
                 for k, frame in enumerate(results):
                     tolerance = wanted[k].tolerance_ms

@@ -18,7 +18,16 @@ import pytest
 
 from server.domain.errors import InvalidParameter
 from server.media import process
-from server.media.batch import pass_argv, seek_batch_argv
+from server.media.argv import (
+    Encoding,
+    ExactPoint,
+    KeyPoint,
+    Source,
+    black_scan_argv,
+    capture_argv,
+    pass_argv,
+    probe_argv,
+)
 from server.media.hardening import (
     AUDIO_DECODERS,
     FORMAT_WHITELIST,
@@ -26,8 +35,7 @@ from server.media.hardening import (
     SUBTITLE_DECODERS,
     VIDEO_DECODERS,
 )
-from server.media.probe import probe, probe_argv
-from server.media.snapshot import Source, black_scan_argv, exact_argv, keyframe_argv
+from server.media.probe import probe
 from server.storage.local import LocalStore
 from tests.media import make_video
 
@@ -102,18 +110,19 @@ def _all_argvs(url: str, protocols: tuple[str, ...], workdir: Path) -> dict[str,
     ffmpeg = "/usr/bin/ffmpeg"
     return {
         "probe": probe_argv("/usr/bin/ffprobe", url, protocols),
-        "exact": exact_argv(ffmpeg, src, start_s=1.5, window_s=None, width=320, height=None, out=workdir / "e.jpg"),
-        "exact-window": exact_argv(
-            ffmpeg, src, start_s=0.5, window_s=2.0, width=None, height=240, out=workdir / "e.jpg", start_offset_s=0.25
-        ),
-        "keyframe": keyframe_argv(ffmpeg, src, time_s=3.0, width=None, height=None, out_pattern=workdir / "key%d.jpg"),
+        "exact": capture_argv(ffmpeg, src, [ExactPoint(1.5, (1.46, 1.5))], Encoding(320, None), workdir),
+        "exact-window": capture_argv(ffmpeg, src, [ExactPoint(0.5, (0.75, 2.75))], Encoding(None, 240), workdir),
+        "keyframe": capture_argv(ffmpeg, src, [KeyPoint(3.0)], Encoding(), workdir),
         "black-scan": black_scan_argv(ffmpeg, src, window_s=5.0, pixel_threshold=32),
-        "seek-batch": seek_batch_argv(
-            ffmpeg, src, [1.0, 5.0, 9.0], intra=False, width=320, height=None, outdir=workdir
+        "seek-batch": capture_argv(
+            ffmpeg,
+            src,
+            [ExactPoint(t, (t - 0.04, t)) for t in (1.0, 5.0, 9.0)],
+            Encoding(320, None),
+            workdir,
+            threads=1,
         ),
-        "seek-batch-intra": seek_batch_argv(
-            ffmpeg, src, [1.0, 5.0], intra=True, width=None, height=None, outdir=workdir
-        ),
+        "seek-batch-intra": capture_argv(ffmpeg, src, [KeyPoint(1.0), KeyPoint(5.0)], Encoding(), workdir, threads=1),
         "pass": pass_argv(
             ffmpeg,
             src,
@@ -121,8 +130,7 @@ def _all_argvs(url: str, protocols: tuple[str, ...], workdir: Path) -> dict[str,
             duration_s=2.0,
             windows=[(1.0, 1.04), (2.0, 2.04)],
             intra=False,
-            width=None,
-            height=180,
+            enc=Encoding(None, 180),
             outdir=workdir,
         ),
         "pass-intra": pass_argv(
@@ -132,8 +140,7 @@ def _all_argvs(url: str, protocols: tuple[str, ...], workdir: Path) -> dict[str,
             duration_s=10.0,
             windows=None,
             intra=True,
-            width=64,
-            height=64,
+            enc=Encoding(64, 64, full_chroma=True),
             outdir=workdir,
         ),
     }
@@ -219,8 +226,8 @@ def test_remote_inputs_get_exactly_their_protocols(url: str, protocols: tuple[st
 def test_no_user_string_reaches_a_filter() -> None:
     """The filter graph is built from validated integers only: a width is an int here."""
     src = Source("file:/data/b/k.mp4", ("file",))
-    argv = exact_argv("ffmpeg", src, start_s=1.0, window_s=None, width=320, height=180, out=Path("/w/exact.jpg"))
-    graph = _value(argv, "-filter_complex")
+    argv = capture_argv("ffmpeg", src, [ExactPoint(1.0, (0.96, 1.0))], Encoding(320, 180), Path("/w"))
+    graph = _value(argv, "-filter:v")
     assert "movie" not in graph and "/" not in graph.replace("/dar", "")
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 from client import SnapshotClient
 from client.api import resources_pb2 as res
 from server.domain.extraction import Mode, batch_size, plan_extraction
-from server.media.batch import pass_argv, seek_batch_argv, showinfo_times
-from server.media.snapshot import Source
+from server.media import showinfo
+from server.media.argv import Encoding, ExactPoint, Source, capture_argv, pass_argv
 from tests.conftest import put
 from tests.media import Video, closest_frame, index_at
 from tests.test_async_jobs import submit_request
@@ -54,10 +54,13 @@ def test_batch_size_follows_the_frame_size() -> None:
 
 def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
     src = Source("file:/data/b/v.mp4", ("file",))
-    argv = seek_batch_argv("ffmpeg", src, [1.0, 5.0], intra=False, width=160, height=None, outdir=tmp_path)
+    points = [ExactPoint(1.0, (0.96, 1.0)), ExactPoint(5.0, (4.96, 5.0))]
+    argv = capture_argv("ffmpeg", src, points, Encoding(160, None), tmp_path, threads=1)
     assert argv.count("-i") == 2 and argv.count("-protocol_whitelist") == 2 and "-nostdin" in argv
     graphs = [argv[i + 1] for i, a in enumerate(argv) if a == "-filter:v"]
-    assert len(graphs) == 2 and graphs[1].startswith("trim=start=5.000000,") and graphs[1].endswith("showinfo@p1")
+    assert len(graphs) == 2
+    assert graphs[1].startswith("showinfo@a1=checksum=0,trim=start=4.960000:end=5.000000,")
+    assert graphs[1].endswith("showinfo@p1=checksum=0")
     dense = pass_argv(
         "ffmpeg",
         src,
@@ -65,18 +68,20 @@ def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
         duration_s=2.0,
         windows=[(0.96, 1.0005)],
         intra=False,
-        width=None,
-        height=None,
+        enc=Encoding(),
         outdir=tmp_path,
     )
     assert "select='between(t,0.960000,1.000500)'" in dense[dense.index("-filter:v") + 1]
     log = (
         "[showinfo@p1 @ 0x1] config in time_base: 1/100, frame_rate: 25/1\n"
         "[showinfo@p0 @ 0x2] config in time_base: 1/1000, frame_rate: 25/1\n"
-        "[showinfo@p1 @ 0x1] n:   0 pts:    304 pts_time:3.04\n"
-        "[showinfo@p0 @ 0x2] n:   0 pts:   1000 pts_time:1\n"
+        "[showinfo@p1 @ 0x1] n:   0 pts:    304 pts_time:3.04    pos: 1 fmt:yuv420p iskey:0 type:P\n"
+        "[showinfo@p0 @ 0x2] n:   0 pts:   1000 pts_time:1       pos: 2 fmt:yuv420p iskey:1 type:I\n"
     )
-    assert showinfo_times(log) == {"p1": [3.04], "p0": [1.0]}
+    assert {k: [(f.time_s, f.key) for f in v] for k, v in showinfo.frames_by_name(log).items()} == {
+        "p1": [(3.04, False)],
+        "p0": [(1.0, True)],
+    }
 
 
 async def test_dense_time_points_take_one_pass_and_stay_exact(

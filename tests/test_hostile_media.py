@@ -35,8 +35,8 @@ from server.app import App
 from server.config import load
 from server.domain.errors import ResourceContentBad
 from server.media import process
+from server.media.capture import check_jpeg
 from server.media.probe import ProbeLimits, _first_error, parse_probe, probe
-from server.media.snapshot import check_jpeg
 from server.storage.base import ObjectInfo
 from tests import hostile
 from tests.conftest import put

@@ -17,7 +17,7 @@ from server.domain.errors import InvalidParameter
 from server.domain.models import Job, JobState, ObjectRef, SnapshotConfig, SnapshotImage, SnapshotRequest, TileOut
 from server.domain.placeholders import OUTPUT_FILE_PLACEHOLDERS, parse_output_name
 from server.domain.validation import parse_color
-from server.media import snapshot
+from server.media.argv import Encoding, ExactPoint, Source, capture_argv
 from server.media.hardening import FORMAT_WHITELIST
 from server.media.probe import parse_probe
 from server.rpc.errors import ERROR_TABLE, status_for
@@ -136,10 +136,8 @@ def test_codec_round_trip() -> None:
 
 
 def test_exact_argv_is_hardened_and_holds_no_user_strings() -> None:
-    src = snapshot.Source("file:/data/b/k.mp4", ("file",))
-    argv = snapshot.exact_argv(
-        "ffmpeg", src, start_s=1.5, window_s=None, width=320, height=None, out=Path("/tmp/w/exact.jpg")
-    )
+    src = Source("file:/data/b/k.mp4", ("file",))
+    argv = capture_argv("ffmpeg", src, [ExactPoint(1.5, (1.46, 1.5))], Encoding(320, None), Path("/tmp/w"))
     assert argv[:3] == ["ffmpeg", "-hide_banner", "-nostdin"]
     joined = " ".join(argv)
     assert "-protocol_whitelist file " in joined
@@ -148,7 +146,7 @@ def test_exact_argv_is_hardened_and_holds_no_user_strings() -> None:
     assert "-codec_whitelist" in argv and "-max_pixels" in argv
     assert argv[argv.index("-i") + 1] == "file:/data/b/k.mp4"
     assert argv.index("-ss") < argv.index("-i")
-    assert "scale=flags=lanczos:h=320/dar+0.5:w=320" in joined
+    assert "scale=w=320:h=320/dar+0.5:flags=lanczos" in joined
 
 
 def test_probe_parsing() -> None:

@@ -1,10 +1,16 @@
 """The one place that starts ffmpeg/ffprobe: it caps how many run at once across the
-whole server, caches probes per object version, and gives each run a private folder."""
+whole server, caches probes per object version, and gives each run a private folder.
+
+Synchronous snapshots are not queued behind asynchronous work: they take the next free
+slot ahead of every waiting async run, and when every slot is busy they may use a small
+number of reserved extra slots (``sync_reserved``), so a sync call's time limit is spent
+on its own snapshot, not on waiting for a long batch of someone else's job to finish."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -12,10 +18,67 @@ from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 
 from server.domain.models import FrameType
-from server.media import batch, process
+from server.media import capture, process
 from server.media import probe as probe_mod
-from server.media.snapshot import Frame, Source, capture_exact, capture_keyframe, first_non_black
+from server.media.argv import Encoding, Source
+from server.media.capture import Frame
 from server.storage.base import InputHandle
+
+
+class Priority(enum.IntEnum):
+    """Who waits for an ffmpeg slot: a synchronous call (a caller is waiting on it, within
+    a few seconds) goes before asynchronous work."""
+
+    SYNC = 0
+    ASYNC = 1
+
+
+class Slots:
+    """``size`` process slots shared by everyone, plus ``reserved`` more that only
+    synchronous calls may take when the shared ones are busy. Waiters are served by
+    priority, then in arrival order."""
+
+    def __init__(self, size: int, reserved: int) -> None:
+        self.size = size
+        self.reserved = reserved
+        self.busy = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = 0
+
+    def _capacity(self, priority: Priority) -> int:
+        return self.size + (self.reserved if priority is Priority.SYNC else 0)
+
+    async def acquire(self, priority: Priority) -> None:
+        if self.busy < self._capacity(priority) and not any(p <= priority for p, _, _ in self._waiters):
+            self.busy += 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._order += 1
+        entry = (int(priority), self._order, future)
+        self._waiters.append(entry)
+        self._waiters.sort(key=lambda e: (e[0], e[1]))
+        try:
+            await future
+        except BaseException:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+            elif future.done() and not future.cancelled():
+                self.release()  # granted just as we were cancelled: pass it on
+            raise
+
+    def release(self) -> None:
+        self.busy -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        for entry in list(self._waiters):
+            priority, _, future = entry
+            if self.busy >= self._capacity(Priority(priority)):
+                continue
+            self._waiters.remove(entry)
+            if not future.done():
+                self.busy += 1
+                future.set_result(None)
 
 
 class MediaEngine:
@@ -30,15 +93,16 @@ class MediaEngine:
         memory_bytes: int,
         max_image_bytes: int,
         probe_cache_entries: int,
-        max_input_streams: int = 32,
-        max_input_pixels: int = 8192 * 8192,
-        max_duration_s: float = 0.0,
+        max_input_streams: int,
+        max_input_pixels: int,
+        max_duration_s: float,
+        sync_reserved: int,
     ) -> None:
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
         self.tmp_dir = tmp_dir
         self.max_processes = max_processes
-        self._slots = asyncio.Semaphore(max_processes)
+        self._slots = Slots(max_processes, sync_reserved)
         self._cpu = cpu_seconds
         self._memory = memory_bytes
         self._max_image_bytes = max_image_bytes
@@ -74,8 +138,9 @@ class MediaEngine:
         )
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        async with self._slots:
+    async def _slot(self, priority: Priority = Priority.ASYNC) -> AsyncIterator[None]:
+        await self._slots.acquire(priority)
+        try:
             self.started += 1
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
@@ -83,14 +148,18 @@ class MediaEngine:
                 yield
             finally:
                 self.running -= 1
+        finally:
+            self._slots.release()
 
-    async def probe(self, handle: InputHandle, cache_key: Hashable, wall_seconds: float) -> probe_mod.MediaInfo:
+    async def probe(
+        self, handle: InputHandle, cache_key: Hashable, wall_seconds: float, priority: Priority = Priority.ASYNC
+    ) -> probe_mod.MediaInfo:
         cached = self._probes.get(cache_key)
         if cached is not None:
             self._probes.move_to_end(cache_key)
             return cached
         # ffprobe, like ffmpeg, runs in a private empty folder removed afterwards.
-        async with self._slot(), self.workdir("probe") as folder:
+        async with self._slot(priority), self.workdir("probe") as folder:
             info = await probe_mod.probe(
                 self.ffprobe,
                 handle.url,
@@ -126,20 +195,19 @@ class MediaEngine:
         *,
         time_s: float,
         frame_type: FrameType,
-        width: int | None,
-        height: int | None,
+        enc: Encoding,
         workdir: Path,
         wall_seconds: float,
+        priority: Priority = Priority.ASYNC,
     ) -> Frame:
-        capture = capture_keyframe if frame_type is FrameType.INTRA else capture_exact
-        async with self._slot():
-            return await capture(
+        take = capture.capture_keyframe if frame_type is FrameType.INTRA else capture.capture_exact
+        async with self._slot(priority):
+            return await take(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
                 info,
                 time_s=time_s,
-                width=width,
-                height=height,
+                enc=enc,
                 workdir=workdir,
                 limits=self.limits(wall_seconds),
                 max_bytes=self._max_image_bytes,
@@ -156,7 +224,7 @@ class MediaEngine:
         wall_seconds: float,
     ) -> float | None:
         async with self._slot():
-            return await first_non_black(
+            return await capture.first_non_black(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
                 window_s=window_s,
@@ -173,20 +241,18 @@ class MediaEngine:
         times_s: list[float],
         *,
         intra: bool,
-        width: int | None,
-        height: int | None,
+        enc: Encoding,
         workdir: Path,
         wall_seconds: float,
     ) -> list[Frame | None]:
         async with self._slot():
-            return await batch.seek_batch(
+            return await capture.seek_batch(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
                 info,
                 times_s,
                 intra=intra,
-                width=width,
-                height=height,
+                enc=enc,
                 workdir=workdir,
                 limits=self.limits(wall_seconds),
                 max_bytes=self._max_image_bytes,
@@ -200,21 +266,19 @@ class MediaEngine:
         *,
         intra: bool,
         tolerances_s: list[float | None],
-        width: int | None,
-        height: int | None,
+        enc: Encoding,
         workdir: Path,
         wall_seconds: float,
     ) -> list[Frame | None]:
         async with self._slot():
-            return await batch.decode_pass(
+            return await capture.decode_pass(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
                 info,
                 times_s,
                 intra=intra,
                 tolerances_s=tolerances_s,
-                width=width,
-                height=height,
+                enc=enc,
                 workdir=workdir,
                 limits=self.limits(wall_seconds),
                 max_bytes=self._max_image_bytes,

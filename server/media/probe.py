@@ -18,7 +18,8 @@ from typing import Any
 
 from server.domain.errors import ResourceContentBad
 from server.media import process
-from server.media.hardening import MAX_PIXELS, input_options
+from server.media.argv import keyframes_argv, probe_argv
+from server.media.hardening import MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,12 @@ class MediaInfo:
     stream_count: int
     format_name: str
     video_codec: str
+    #: The presentation start (the container's start_time): the origin of every time.
     start_time_s: float = 0.0
     sample_aspect: Fraction = Fraction(1)
+    #: The stream's timestamps are not evenly spaced (its average rate differs from its
+    #: base rate: dropped frames, phone recordings): exact windows are widened.
+    variable_rate: bool = False
 
     @property
     def frame_duration_s(self) -> float:
@@ -67,7 +72,7 @@ class MediaInfo:
 
     def output_size(self, width: int | None, height: int | None) -> tuple[int, int]:
         """The snapshot size ffmpeg produces for the requested Width/Height; mirrors the
-        expressions in snapshot._scaled (which truncate after adding 0.5)."""
+        expressions in argv.scale_chain (which truncate after adding 0.5)."""
         iw, ih, sar = self._oriented()
         dar = iw * sar / ih
         half = Fraction(1, 2)
@@ -78,22 +83,6 @@ class MediaInfo:
         if height:
             return int(height * dar + half), height
         return int(iw * sar + half), ih
-
-
-def probe_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
-    return [
-        ffprobe,
-        "-hide_banner",
-        "-v",
-        "error",
-        *input_options(protocols),
-        "-show_format",
-        "-show_streams",
-        "-of",
-        "json",
-        "-i",
-        url,
-    ]
 
 
 def _fraction(text: Any) -> Fraction:
@@ -180,9 +169,11 @@ def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = 
         raise ResourceContentBad(
             f"The input is {duration:.3f} s long, more than the server's limit of {limits.max_duration_s:g} s."
         )
-    rate = _fraction(video.get("avg_frame_rate")) or _fraction(video.get("r_frame_rate"))
+    average, base = _fraction(video.get("avg_frame_rate")), _fraction(video.get("r_frame_rate"))
+    rate = average or base
     if rate > 1000:
         rate = Fraction(0)
+    variable = rate == 0 or (average > 0 and base > 0 and abs(average - base) > base / 100)
     return MediaInfo(
         duration_s=duration,
         width=width,
@@ -194,6 +185,7 @@ def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = 
         video_codec=str(video.get("codec_name", "")),
         start_time_s=start if math.isfinite(start := _float(fmt.get("start_time"))) else 0.0,
         sample_aspect=_fraction(str(video.get("sample_aspect_ratio", "1:1")).replace(":", "/")) or Fraction(1),
+        variable_rate=variable,
     )
 
 
@@ -217,31 +209,6 @@ async def probe(
     if result.returncode != 0:
         raise ResourceContentBad(f"The input is not a readable video: {_first_error(result.stderr)}.")
     return parse_probe(result.stdout, checks, result.stderr)
-
-
-#: Video packets read to estimate the keyframe interval (about 6-7 s at 30 fps); only the
-#: planner of multi-image jobs needs it, so single snapshots never pay for it.
-KEYFRAME_PACKETS = 200
-
-
-def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
-    return [
-        ffprobe,
-        "-hide_banner",
-        "-v",
-        "error",
-        *input_options(protocols),
-        "-select_streams",
-        "v:0",
-        "-read_intervals",
-        f"%+#{KEYFRAME_PACKETS}",
-        "-show_entries",
-        "packet=pts_time,flags",
-        "-of",
-        "csv=p=0",
-        "-i",
-        url,
-    ]
 
 
 def keyframe_interval(csv: str) -> float:

@@ -1,0 +1,353 @@
+"""Running captures: one snapshot, seek batches, decode passes, the black-frame scan.
+
+Commands come from ``argv``, frame times from ``showinfo``, and which frame is the right
+one from ``domain.frames`` (the same rules for every path). A batch or pass reports None for
+a point it could not serve with certainty; ``capture_exact``/``capture_keyframe`` then take
+that point on its own, re-seeking or re-windowing until the decode proves its answer.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from server.domain import frames
+from server.domain.errors import ResourceContentBad
+from server.media import argv, process, showinfo
+from server.media.argv import Encoding, ExactPoint, KeyPoint, Source
+from server.media.probe import MediaInfo, scrub
+
+# The mov/mp4 demuxer's complaint when a sample's data lies past the end of the file.
+_PARTIAL = ": partial file"
+#: Runs one point may take on its own: re-seeks (1, 5, 30 s back, then the start) and one
+#: re-window; each run is bounded by the wall-clock limit as well.
+_MAX_RUNS = 6
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A JPEG written by ffmpeg and the media time (seconds from the presentation start)
+    of the frame in it."""
+
+    path: Path
+    time_s: float
+    width: int
+    height: int
+
+
+class PastTheEnd(ResourceContentBad):
+    """The time is at or after the display end of the last frame."""
+
+    def __init__(self, time_s: float, end_s: float) -> None:
+        super().__init__(
+            f"Time {round(time_s * 1000)} ms is past the end of the video, which is {round(end_s * 1000)} ms "
+            "long; use a Time below the duration, or FrameType intra to get the last keyframe."
+        )
+        self.end_s = end_s
+
+
+_TRUNCATED = "The input is truncated: the data of the frame at the requested time is missing from the file."
+
+
+def check_jpeg(path: Path, max_bytes: int) -> tuple[int, int]:
+    """Refuse to publish anything that is not a whole, decodable JPEG of sane size."""
+    if not path.exists() or path.stat().st_size == 0:
+        raise ResourceContentBad("No frame could be decoded at the requested time; the file may be damaged.")
+    if path.stat().st_size > max_bytes:
+        raise ResourceContentBad(f"The snapshot is larger than {max_bytes} bytes; request a smaller Width/Height.")
+    try:
+        with Image.open(path) as img:
+            if img.format != "JPEG":
+                raise ResourceContentBad("The snapshot is not a JPEG image.")
+            size = img.size
+            # Decoding at 1/8 scale still reads every entropy-coded block (so a cut or
+            # corrupt file fails) for a fraction of a full decode: ~0.7 ms instead of ~6 ms
+            # at 1080p.
+            img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            img.load()
+            return size
+    except ResourceContentBad:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        # Pillow's "cannot identify", "image file is truncated", broken markers...
+        raise ResourceContentBad(
+            "The snapshot ffmpeg wrote is not a whole JPEG image; the input may be damaged."
+        ) from None
+
+
+async def run_ffmpeg(command: list[str], limits: process.Limits, cwd: Path) -> process.Result:
+    try:
+        result = await process.run(command, limits=limits, cwd=str(cwd))
+    except process.ProcessTimeout:
+        # A source that stalls or a file that decodes forever: the group is already killed.
+        raise ResourceContentBad(
+            f"Decoding the input took longer than {limits.wall_seconds:g} s and was stopped; "
+            "the file may be damaged or unreadable."
+        ) from None
+    if result.returncode != 0:
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip() and "showinfo@" not in ln]
+        detail = scrub(lines[-1].rsplit(": ", 1)[-1])[:200] if lines else ""
+        detail = detail or f"exit code {result.returncode}"
+        raise ResourceContentBad(f"The input could not be decoded ({detail}).")
+    return result
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one capture run said about one of its points."""
+
+    decision: frames.Decision | None
+    written: float | None  # time of the frame in the output file, if any
+
+
+def _exact_outcome(
+    logged: dict[str, list[showinfo.LoggedFrame]], i: int, time_s: float, seek_s: float, info: MediaInfo
+) -> _Run:
+    origin = info.start_time_s
+    decoded = sorted(f.time_s - origin for f in logged.get(f"a{i}", []))
+    written = [f.time_s - origin for f in logged.get(f"p{i}", [])]
+    eof = not any(t > time_s + frames.TOL for t in decoded)
+    decision = frames.decide_exact(
+        decoded, time_s, seek_s=seek_s, reached_eof=eof, frame_duration_s=info.frame_duration_s
+    )
+    return _Run(decision, written[-1] if written else None)
+
+
+def _key_outcome(
+    logged: dict[str, list[showinfo.LoggedFrame]], i: int, time_s: float, point: KeyPoint, info: MediaInfo
+) -> tuple[frames.Decision | None, list[float]]:
+    keys = [f.time_s - info.start_time_s for f in logged.get(f"k{i}", [])]
+    complete = len(keys) < point.count or keys[-1] > time_s + frames.TOL
+    return frames.decide_keyframe(sorted(keys), time_s, seek_s=point.seek_s, complete=complete), keys
+
+
+def _same(a: float | None, b: float) -> bool:
+    return a is not None and abs(a - b) < frames.TOL
+
+
+async def capture_exact(
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    *,
+    time_s: float,
+    enc: Encoding,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
+) -> Frame:
+    """The frame shown at ``time_s`` (domain.frames), proven by the decode's own log."""
+    origin = info.start_time_s
+    start, end = frames.exact_window(time_s, info.frame_duration_s, variable_rate=info.variable_rate)
+    point = ExactPoint(seek_s=time_s, window=(origin + start, origin + end))
+    out = argv.exact_file(workdir, 0)
+    for _ in range(_MAX_RUNS):
+        out.unlink(missing_ok=True)
+        result = await run_ffmpeg(argv.capture_argv(ffmpeg_bin, src, [point], enc, workdir), limits, workdir)
+        run = _exact_outcome(showinfo.frames_by_name(result.stderr), 0, time_s, point.seek_s, info)
+        match run.decision:
+            case frames.Shown(time_s=chosen):
+                if _same(run.written, chosen) and out.exists():
+                    w, h = check_jpeg(out, max_bytes)
+                    return Frame(out, chosen, w, h)
+                # The frame shown at T began before the window (a variable-frame-rate gap, or
+                # T before the first frame): its time is known now, so take exactly it.
+                point = ExactPoint(point.seek_s, (origin + chosen - frames.EPS / 2, origin + chosen + frames.EPS / 2))
+            case frames.SeekEarlier(seek_s=seek):
+                point = ExactPoint(seek, point.window)
+            case frames.PastEnd(end_s=end_s):
+                if _PARTIAL in result.stderr:
+                    raise ResourceContentBad(_TRUNCATED)
+                raise PastTheEnd(time_s, end_s)
+            case _:
+                if _PARTIAL in result.stderr:
+                    raise ResourceContentBad(_TRUNCATED)
+                raise ResourceContentBad(
+                    "No frame could be decoded at the requested time: the file may be truncated (its index lists "
+                    "frames it has no data for) or damaged."
+                )
+    raise ResourceContentBad(
+        "The frame at the requested time could not be located; the file's timestamps may be damaged."
+    )
+
+
+async def capture_keyframe(
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    *,
+    time_s: float,
+    enc: Encoding,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
+) -> Frame:
+    """The keyframe nearest ``time_s`` (ties go to the earlier one); past the end, the last."""
+    point = KeyPoint(seek_s=time_s)
+    for attempt in range(_MAX_RUNS):
+        folder = workdir / f"key{attempt}"
+        folder.mkdir()
+        result = await run_ffmpeg(argv.capture_argv(ffmpeg_bin, src, [point], enc, folder), limits, folder)
+        decision, keys = _key_outcome(showinfo.frames_by_name(result.stderr), 0, time_s, point, info)
+        match decision:
+            case frames.Shown(time_s=chosen):
+                n = keys.index(chosen) + 1
+                path = argv.key_file(folder, 0, n)
+                w, h = check_jpeg(path, max_bytes)
+                return Frame(path, chosen, w, h)
+            case frames.SeekEarlier(seek_s=seek):
+                point = KeyPoint(seek)
+            case None:
+                # The seek landed more than one keyframe before T: go on from the last one.
+                point = KeyPoint(keys[-1])
+            case _:
+                raise ResourceContentBad("No keyframe could be decoded from the input; the file may be damaged.")
+    raise ResourceContentBad("The keyframe nearest the requested time could not be located.")
+
+
+def _claim(path: Path, used: set[Path], dest: Path) -> Path:
+    """A file of the caller's own for each point (two points may show the same frame)."""
+    if path in used:
+        shutil.copyfile(path, dest)
+        return dest
+    used.add(path)
+    return path
+
+
+async def seek_batch(
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    times_s: Sequence[float],
+    *,
+    intra: bool,
+    enc: Encoding,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
+) -> list[Frame | None]:
+    """Several points in one process, one input each; None for a point the batch could not
+    prove (the caller takes it on its own)."""
+    origin = info.start_time_s
+    points: list[ExactPoint | KeyPoint] = []
+    for t in times_s:
+        if intra:
+            points.append(KeyPoint(seek_s=t))
+        else:
+            start, end = frames.exact_window(t, info.frame_duration_s, variable_rate=info.variable_rate)
+            points.append(ExactPoint(seek_s=t, window=(origin + start, origin + end)))
+    result = await run_ffmpeg(argv.capture_argv(ffmpeg_bin, src, points, enc, workdir, threads=1), limits, workdir)
+    logged = showinfo.frames_by_name(result.stderr)
+    out: list[Frame | None] = []
+    for i, (t, point) in enumerate(zip(times_s, points, strict=True)):
+        if isinstance(point, KeyPoint):
+            decision, keys = _key_outcome(logged, i, t, point, info)
+            if isinstance(decision, frames.Shown):
+                path = argv.key_file(workdir, i, keys.index(decision.time_s) + 1)
+                if path.exists():
+                    w, h = check_jpeg(path, max_bytes)
+                    out.append(Frame(path, decision.time_s, w, h))
+                    continue
+            out.append(None)
+            continue
+        run = _exact_outcome(logged, i, t, point.seek_s, info)
+        path = argv.exact_file(workdir, i)
+        if isinstance(run.decision, frames.Shown) and _same(run.written, run.decision.time_s) and path.exists():
+            w, h = check_jpeg(path, max_bytes)
+            out.append(Frame(path, run.decision.time_s, w, h))
+        else:
+            out.append(None)
+    return out
+
+
+async def decode_pass(
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    times_s: Sequence[float],
+    *,
+    intra: bool,
+    tolerances_s: Sequence[float | None],
+    enc: Encoding,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
+) -> list[Frame | None]:
+    """Frames for points close together, from one decode of their range."""
+    fd = info.frame_duration_s
+    origin = info.start_time_s
+    windows = [frames.exact_window(t, fd, variable_rate=info.variable_rate) for t in times_s]
+    if intra:
+        reach = max((t for t in tolerances_s if t is not None), default=fd)
+        start = max(0.0, min(times_s) - reach - fd)
+        duration = max(times_s) + reach + fd - start
+        select = None
+    else:
+        start = max(0.0, min(w[0] for w in windows) - fd)
+        duration = max(times_s) + fd - start
+        select = sorted({(origin + a, origin + b) for a, b in windows})
+    result = await run_ffmpeg(
+        argv.pass_argv(
+            ffmpeg_bin,
+            src,
+            start_s=start,
+            duration_s=duration,
+            windows=select,
+            intra=intra,
+            enc=enc,
+            outdir=workdir,
+        ),
+        limits,
+        workdir,
+    )
+    decoded = showinfo.times(result.stderr, "pass", origin)
+    available = [(t, argv.pass_file(workdir, n)) for n, t in enumerate(decoded)]
+    available = [(t, p) for t, p in available if p.exists()]
+    times_only = [t for t, _ in available]
+    out: list[Frame | None] = []
+    used: set[Path] = set()
+    for i, target in enumerate(times_s):
+        if intra:
+            best = frames.nearest_keyframe(sorted(times_only), target)
+            # A keyframe before T may lie before the range this pass could reach (a seek
+            # that landed late): then only a decode of its own can tell the nearest.
+            if best is None or (start > 0 and times_only and times_only[0] > target):
+                out.append(None)
+                continue
+            path = available[times_only.index(best)][1]
+            chosen = best
+        else:
+            chosen_or_none = frames.in_window(times_only, windows[i])
+            if chosen_or_none is None:
+                out.append(None)
+                continue
+            chosen = chosen_or_none
+            path = available[times_only.index(chosen)][1]
+        path = _claim(path, used, workdir / f"dup{i}.jpg")
+        w, h = check_jpeg(path, max_bytes)
+        out.append(Frame(path, chosen, w, h))
+    return out
+
+
+async def first_non_black(
+    ffmpeg_bin: str,
+    src: Source,
+    *,
+    window_s: float,
+    level: int,
+    pixel_threshold: int,
+    workdir: Path,
+    limits: process.Limits,
+) -> float | None:
+    """Media time (s) of the first frame whose black share is below ``level`` percent."""
+    result = await run_ffmpeg(
+        argv.black_scan_argv(ffmpeg_bin, src, window_s=window_s, pixel_threshold=pixel_threshold), limits, workdir
+    )
+    for time_s, share in showinfo.black_shares(result.stderr):
+        if share < level:
+            return time_s
+    return None
