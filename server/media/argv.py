@@ -27,7 +27,7 @@ JPEG_QUALITY = 2
 #: Lanczos: thumbnails and sprite cells are often a tenth of the source's size, where
 #: swscale's default bicubic aliases visibly.
 SCALE_FLAGS = "lanczos"
-GLOBAL = ("-hide_banner", "-nostdin", "-nostats", "-loglevel", "info")
+GLOBAL = ("-hide_banner", "-nostdin", "-nostats", "-y", "-loglevel", "info")
 
 
 @dataclass(frozen=True)
@@ -113,10 +113,12 @@ def _compile(node: Any, ffmpeg_bin: str) -> list[str]:
 @dataclass(frozen=True)
 class ExactPoint:
     """One exact frame: seek to ``seek_s`` (seconds from the presentation start), keep the
-    frames whose file time lies in ``window`` (absolute, the file's clock), write the last."""
+    frames whose file time lies in ``window`` (absolute, the file's clock), write the last.
+    ``tick_s``: one tick of the stream's clock."""
 
     seek_s: float
     window: tuple[float, float]
+    tick_s: float = 1e-6
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,15 @@ class KeyPoint:
 
 
 def exact_filter(point: ExactPoint, enc: Encoding, i: int) -> str:
+    """Log every decoded frame, stop the decode after the window, keep the window.
+
+    ``trim`` ends the decode (its end is rounded to the stream's clock, so it is set one
+    and a half ticks past the window: a frame at the window's end must not be cut); the
+    window itself is a ``select`` on exact times."""
     start, end = point.window
-    return f"{log(f'a{i}')},trim=start={start:.6f}:end={end:.6f},{scale_chain(enc, f'p{i}')}"
+    stop = end + max(1.5 * point.tick_s, 1e-5)
+    keep = f"select='between(t,{start:.6f},{end:.6f})'"
+    return f"{log(f'a{i}')},trim=end={stop:.6f},{keep},{scale_chain(enc, f'p{i}')}"
 
 
 def key_filter(enc: Encoding, i: int) -> str:

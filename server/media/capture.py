@@ -120,7 +120,8 @@ def _exact_outcome(
 def _key_outcome(
     logged: dict[str, list[showinfo.LoggedFrame]], i: int, time_s: float, point: KeyPoint, info: MediaInfo
 ) -> tuple[frames.Decision | None, list[float]]:
-    keys = [f.time_s - info.start_time_s for f in logged.get(f"k{i}", [])]
+    # ffmpeg may log one frame more than the output takes; only the first ``count`` were written.
+    keys = [f.time_s - info.start_time_s for f in logged.get(f"k{i}", [])][: point.count]
     complete = len(keys) < point.count or keys[-1] > time_s + frames.TOL
     return frames.decide_keyframe(sorted(keys), time_s, seek_s=point.seek_s, complete=complete), keys
 
@@ -143,7 +144,8 @@ async def capture_exact(
     """The frame shown at ``time_s`` (domain.frames), proven by the decode's own log."""
     origin = info.start_time_s
     start, end = frames.exact_window(time_s, info.frame_duration_s, variable_rate=info.variable_rate)
-    point = ExactPoint(seek_s=time_s, window=(origin + start, origin + end))
+    seek = max(0.0, time_s - info.seek_lead_s)
+    point = ExactPoint(seek_s=seek, window=(origin + start, origin + end), tick_s=info.tick_s)
     out = argv.exact_file(workdir, 0)
     for _ in range(_MAX_RUNS):
         out.unlink(missing_ok=True)
@@ -156,9 +158,10 @@ async def capture_exact(
                     return Frame(out, chosen, w, h)
                 # The frame shown at T began before the window (a variable-frame-rate gap, or
                 # T before the first frame): its time is known now, so take exactly it.
-                point = ExactPoint(point.seek_s, (origin + chosen - frames.EPS / 2, origin + chosen + frames.EPS / 2))
+                window = (origin + chosen - frames.TOL, origin + chosen + frames.TOL)
+                point = ExactPoint(point.seek_s, window, info.tick_s)
             case frames.SeekEarlier(seek_s=seek):
-                point = ExactPoint(seek, point.window)
+                point = ExactPoint(seek, point.window, info.tick_s)
             case frames.PastEnd(end_s=end_s):
                 if _PARTIAL in result.stderr:
                     raise ResourceContentBad(_TRUNCATED)
@@ -187,7 +190,10 @@ async def capture_keyframe(
     max_bytes: int,
 ) -> Frame:
     """The keyframe nearest ``time_s`` (ties go to the earlier one); past the end, the last."""
-    point = KeyPoint(seek_s=time_s)
+    seek = max(0.0, time_s - info.seek_lead_s)
+    # Two keyframes (the one at or before T and the next) after an exact seek; more after a
+    # seek that starts early on purpose.
+    point = KeyPoint(seek_s=seek, count=2 if seek == time_s else 4)
     for attempt in range(_MAX_RUNS):
         folder = workdir / f"key{attempt}"
         folder.mkdir()
@@ -202,8 +208,9 @@ async def capture_keyframe(
             case frames.SeekEarlier(seek_s=seek):
                 point = KeyPoint(seek)
             case None:
-                # The seek landed more than one keyframe before T: go on from the last one.
-                point = KeyPoint(keys[-1])
+                # The seek landed more than one keyframe before T (containers without an index
+                # land where they can): take more keyframes from the same place.
+                point = KeyPoint(point.seek_s, point.count * 4)
             case _:
                 raise ResourceContentBad("No keyframe could be decoded from the input; the file may be damaged.")
     raise ResourceContentBad("The keyframe nearest the requested time could not be located.")
@@ -235,11 +242,12 @@ async def seek_batch(
     origin = info.start_time_s
     points: list[ExactPoint | KeyPoint] = []
     for t in times_s:
+        seek = max(0.0, t - info.seek_lead_s)
         if intra:
-            points.append(KeyPoint(seek_s=t))
+            points.append(KeyPoint(seek_s=seek, count=2 if seek == t else 4))
         else:
             start, end = frames.exact_window(t, info.frame_duration_s, variable_rate=info.variable_rate)
-            points.append(ExactPoint(seek_s=t, window=(origin + start, origin + end)))
+            points.append(ExactPoint(seek_s=seek, window=(origin + start, origin + end), tick_s=info.tick_s))
     result = await run_ffmpeg(argv.capture_argv(ffmpeg_bin, src, points, enc, workdir, threads=1), limits, workdir)
     logged = showinfo.frames_by_name(result.stderr)
     out: list[Frame | None] = []

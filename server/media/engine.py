@@ -45,6 +45,11 @@ class Slots:
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = 0
 
+    @property
+    def waiting(self) -> int:
+        """Runs waiting for a slot."""
+        return len(self._waiters)
+
     def _capacity(self, priority: Priority) -> int:
         return self.size + (self.reserved if priority is Priority.SYNC else 0)
 
@@ -131,6 +136,11 @@ class MediaEngine:
             yield path
         finally:
             await asyncio.to_thread(shutil.rmtree, path, True)
+
+    @property
+    def waiting(self) -> int:
+        """ffmpeg/ffprobe runs waiting for a slot."""
+        return self._slots.waiting
 
     def limits(self, wall_seconds: float) -> process.Limits:
         return process.Limits(

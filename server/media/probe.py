@@ -50,9 +50,18 @@ class MediaInfo:
     #: The presentation start (the container's start_time): the origin of every time.
     start_time_s: float = 0.0
     sample_aspect: Fraction = Fraction(1)
+    #: One tick of the video stream's clock, in seconds (1/25 in an AVI, 1/1000 in Matroska).
+    tick_s: float = 1e-6
     #: The stream's timestamps are not evenly spaced (its average rate differs from its
     #: base rate: dropped frames, phone recordings): exact windows are widened.
     variable_rate: bool = False
+
+    @property
+    def seek_lead_s(self) -> float:
+        """How far before T a seek starts. MPEG program and transport streams have no index:
+        a seek there lands near the byte position of T, often just after it, and would have
+        to be repeated from earlier; indexed containers seek exactly."""
+        return 1.0 if self.format_name.split(",")[0] in ("mpegts", "mpeg") else 0.0
 
     @property
     def frame_duration_s(self) -> float:
@@ -186,6 +195,7 @@ def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = 
         start_time_s=start if math.isfinite(start := _float(fmt.get("start_time"))) else 0.0,
         sample_aspect=_fraction(str(video.get("sample_aspect_ratio", "1:1")).replace(":", "/")) or Fraction(1),
         variable_rate=variable,
+        tick_s=float(_fraction(str(video.get("time_base", "")))) or 1e-6,
     )
 
 
