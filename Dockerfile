@@ -15,9 +15,14 @@ RUN apt-get update \
     && useradd --system --uid 10001 --create-home --home-dir /home/mps mps \
     && mkdir -p /data && chown mps /data
 COPY --from=build /opt/mps /opt/mps
+# 0.0.0.0 is safe here: with no [[principals]] configured, the server creates an access key
+# in /data/access-key.json on first start (mode 0600) and admits only callers that sign
+# with it; the CLI inside the container reads the same file (docker exec ... mps-snapshot).
 ENV PATH=/opt/mps/bin:$PATH \
     MPS_SNAPSHOT_DATA_DIR=/data \
     MPS_SNAPSHOT_LISTEN=0.0.0.0:50051 \
+    MPS_SNAPSHOT_BOOTSTRAP_KEY_FILE=/data/access-key.json \
+    MPS_SNAPSHOT_ACCESS_KEY_FILE=/data/access-key.json \
     MPS_SNAPSHOT_TARGET=127.0.0.1:50051
 USER mps
 VOLUME ["/data"]

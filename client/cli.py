@@ -53,6 +53,12 @@ def _print(message: object) -> None:
 
 
 def _client(args: argparse.Namespace) -> SnapshotClient:
+    if args.access_key_file and not args.access_key_id:
+        try:
+            doc = json.loads(Path(args.access_key_file).read_text())
+            args.access_key_id, args.access_key_secret = doc["AccessKeyId"], doc["AccessKeySecret"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(f"error: cannot read the access key file {args.access_key_file}: {err}") from None
     ca = Path(args.tls_ca).read_bytes() if args.tls_ca else None
     cert = None
     if args.tls_cert:
@@ -175,6 +181,12 @@ def parser() -> argparse.ArgumentParser:
             "--access-key-secret",
             default=os.environ.get("MPS_SNAPSHOT_ACCESS_KEY_SECRET", ""),
             help="its secret (env MPS_SNAPSHOT_ACCESS_KEY_SECRET)",
+        )
+        cmd.add_argument(
+            "--access-key-file",
+            default=os.environ.get("MPS_SNAPSHOT_ACCESS_KEY_FILE", ""),
+            help="JSON file with AccessKeyId and AccessKeySecret, e.g. the server's bootstrap_key_file "
+            "(env MPS_SNAPSHOT_ACCESS_KEY_FILE)",
         )
         cmd.add_argument("--auth-mode", default="hmac", choices=["hmac", "bearer"])
         cmd.add_argument(

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import signal
+from pathlib import Path
 
 from grpc import aio
 
@@ -20,6 +22,7 @@ from server.rpc import server as rpc_server
 from server.rpc.calls import RequestIdFilter
 from server.runner import JobRunner
 from server.scheduler import Scheduler
+from server.security import bootstrap
 from server.security.authn import Authenticator, Principal
 from server.security.guard import Guard
 from server.security.policy import Effect, Statement
@@ -54,6 +57,23 @@ def build_router(settings: Settings, local: LocalStore) -> StorageRouter:
         else:
             raise ValueError(f"storage route {route.location!r}: unknown kind {route.kind!r} (use local or s3)")
     return StorageRouter(routes)
+
+
+def with_bootstrap_key(settings: Settings) -> Settings:
+    """The settings with the bootstrap principal when a key file is set and no principals are."""
+    if not settings.bootstrap_key_file or settings.principals:
+        return settings
+    path = Path(settings.bootstrap_key_file)
+    key_id, secret, created = bootstrap.ensure_key(path)
+    log.warning(
+        "no principals configured: %s access key %s, secret in %s (mode 0600); callers must sign with it "
+        "(mps-snapshot --access-key-file %s)",
+        "created" if created else "using",
+        key_id,
+        path,
+        path,
+    )
+    return dataclasses.replace(settings, principals=(bootstrap.bootstrap_principal(key_id, secret),))
 
 
 def check_exposure(settings: Settings) -> None:
@@ -96,7 +116,7 @@ class App:
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        s = self.settings
+        s = self.settings = with_bootstrap_key(self.settings)
         check_exposure(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SqliteStore(s.db_path)

@@ -134,6 +134,10 @@ class Settings:
     principals: tuple[PrincipalConfig, ...] = ()
     #: Serve on a non-loopback address without authentication (never in production).
     allow_insecure: bool = False
+    #: With no principals configured: create an access key in this file (mode 0600) on first
+    #: start, or read it, and admit only callers that present it (the container image sets
+    #: it, so `docker run` is safe on 0.0.0.0 with no configuration). Empty: off.
+    bootstrap_key_file: str = ""
     #: TLS: server certificate and key (PEM); with a client CA, clients must present a
     #: certificate signed by it (mutual TLS) and principals can be matched by its CN.
     tls_cert_file: str = ""
