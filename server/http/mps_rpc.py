@@ -55,6 +55,11 @@ MAX_PARAMETERS = 64
 FORM_TYPE = "application/x-www-form-urlencoded"
 JSON_TYPE = "application/json"
 
+#: Parameters of the call rather than of the action: Alibaba Cloud's common parameters, and
+#: SignatureType, which the legacy SDK sends empty (a bearer token, its other use, is refused
+#: in authenticate).
+IGNORED_PARAMETERS = mps_json.COMMON_PARAMETERS | {"SignatureType"}
+
 #: MPS's pipeline ExtendConfig keys this service accepts and ignores (it has no MPS speed tiers).
 _MPS_EXTEND_KEYS = frozenset({"IsBoostNew", "MaxMultiSpeed", "MultiSpeedDowngradePolicy"})
 _OUR_EXTEND_KEYS = frozenset({"MaxConcurrentJobs", "QueueCapacity"})
@@ -312,6 +317,10 @@ class MpsRpc:
         if authorization.startswith(signing.V3_ALGORITHM):
             return self._v3(request, params, authorization)
         values = params.all()
+        if values.get("SignatureType") or "BearerToken" in values:
+            raise Unauthenticated(
+                "Bearer tokens are not accepted here; sign with an AccessKey (V1 or V3).", code="IncompleteSignature"
+            )
         if "Signature" in values:
             return self._v1(request, params, values)
         raise Unauthenticated(
@@ -450,7 +459,7 @@ def _extend_config(values: dict[str, Any]) -> None:
 
 def build_request(name: str, action: Action, values: Mapping[str, str]) -> Message:
     """The gRPC request message of an MPS call's parameters."""
-    business: dict[str, Any] = {k: v for k, v in values.items() if k not in mps_json.COMMON_PARAMETERS}
+    business: dict[str, Any] = {k: v for k, v in values.items() if k not in IGNORED_PARAMETERS}
     for required in action.required:
         if not business.get(required):
             raise InvalidParameter.field(
