@@ -61,6 +61,8 @@ ALWAYS_SENT = frozenset(
         _PKG + "SearchPipelineResponse",
     }
 )
+#: Message fields sent even when unset (MPS always shows a pipeline's NotifyConfig).
+ALWAYS_SENT_FIELDS = frozenset({_PKG + "Pipeline.notify_config"})
 #: Extension fields left out when empty even in ALWAYS_SENT messages.
 OPTIONAL_EXTENSIONS = frozenset(
     {
@@ -101,6 +103,8 @@ def _value(field: FieldDescriptor, value: Any, as_number: bool) -> Any:
 def _sent(desc: Descriptor, field: FieldDescriptor, message: Message) -> bool:
     if field.is_repeated:
         return field.full_name in WRAPPERS or bool(getattr(message, field.name))
+    if field.full_name in ALWAYS_SENT_FIELDS:
+        return True
     if field.has_presence:
         return message.HasField(field.name)
     if desc.full_name in ALWAYS_SENT and field.full_name not in OPTIONAL_EXTENSIONS:
