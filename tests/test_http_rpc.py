@@ -818,6 +818,28 @@ async def test_no_principals_cli_flag_and_placeholder_keys(tmp_path: Path, video
         assert await proc.kill(signal.SIGTERM) == 0
 
 
+async def test_relative_data_dir(tmp_path: Path, videos: dict[str, Video], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mps-snapshot serve` from a folder with the default relative ``data`` (the README's
+    walkthrough): ffmpeg runs in its work folder, so every path it gets must be absolute."""
+    monkeypatch.chdir(tmp_path)
+    put(tmp_path / "data", "vids", "a.mp4", videos["tiny"].path)
+    app = App(load(env={}, listen="127.0.0.1:0", http_listen="127.0.0.1:0", data_dir=Path("data")))
+    await app.start()
+    try:
+        inp, config = submit_params("vids", "a.mp4", {"OutputFile": output("vids", "a.jpg"), "Time": "1000"})
+        sdk = new_sdk(app, "placeholder", secret="placeholder")
+        job = (
+            await asyncio.to_thread(
+                sdk.submit_snapshot_job, mts.SubmitSnapshotJobRequest(input=inp, snapshot_config=config)
+            )
+        ).body.snapshot_job
+        assert (job.state, job.count) == ("Success", "1")
+        with Image.open(tmp_path / "data" / "vids" / "a.jpg") as image:
+            assert image.size == (176, 144)
+    finally:
+        await app.stop(0.5)
+
+
 def test_settings_and_exposure(tmp_path: Path) -> None:
     assert load(env={"MPS_SNAPSHOT_HTTP_LISTEN": "127.0.0.1:8080"}).http_listen == "127.0.0.1:8080"
     assert load(env={}).http_listen == ""
