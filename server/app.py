@@ -107,6 +107,7 @@ class App:
         self._stopped = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
         self.http: HttpListener | None = None
+        self.mps_rpc: MpsRpc | None = None
         self.http_port = 0
 
     async def start(self) -> int:
@@ -195,11 +196,11 @@ class App:
     async def _start_http(self) -> None:
         """The HTTP listener (MPS's HTTP RPC protocol on /; other routes mount beside it)."""
         s = self.settings
-        tls = tls_context(s.tls_cert_file, s.tls_key_file) if s.tls_cert_file else None
+        tls = tls_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file) if s.tls_cert_file else None
         self.http = HttpListener(s.http_listen, shutdown_grace_s=s.shutdown_grace_s, ssl_context=tls)
-        mps = MpsRpc(self.jobs, self.pipelines, self.guard)
-        self.http.mount(mps.add_routes)
-        self.http.fallback(mps.not_found)
+        self.mps_rpc = MpsRpc(self.jobs, self.pipelines, self.guard, max_in_flight=s.max_concurrent_rpcs)
+        self.http.mount(self.mps_rpc.add_routes)
+        self.http.fallback(self.mps_rpc.not_found)
         self.http_port = await self.http.start()
         log.info("HTTP RPC listening on %s (http port %d)", s.http_listen, self.http_port)
 

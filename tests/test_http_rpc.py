@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -609,6 +610,22 @@ async def test_throttling(server: App) -> None:
         limiter.limits.update(real)
 
 
+async def test_calls_in_progress_are_capped(server: App) -> None:
+    rpc = server.mps_rpc
+    assert rpc is not None
+    real = rpc.max_in_flight
+    rpc.max_in_flight = rpc.in_flight  # as if the server were full
+    try:
+        err = await sdk_error(
+            lambda: new_sdk(server, "AKHTTPADMIN").search_pipeline(mts.SearchPipelineRequest()),
+            tea_errors.ThrottlingException,
+        )
+        assert (err.code, err.retry_after) == ("Throttling.Concurrency", 1000)
+    finally:
+        rpc.max_in_flight = real
+    assert await asyncio.to_thread(new_sdk(server, "AKHTTPADMIN").search_pipeline, mts.SearchPipelineRequest())
+
+
 # -- bad requests: what MPS answers --------------------------------------------------------
 
 
@@ -737,6 +754,7 @@ BASE = "Action=SearchPipeline&Version=2014-06-18"
             "IncompleteSignature",
         ),
         ("GET", "/?" + BASE + "&Signature=abc&AccessKeyId=AKHTTPADMIN", None, None, 400, "IncompleteSignature"),
+        ("GET", "/?" + BASE + "&SignatureType=BEARERTOKEN&BearerToken=t", None, None, 400, "IncompleteSignature"),
     ],
     ids=[
         "long-query",
@@ -758,6 +776,7 @@ BASE = "Action=SearchPipeline&Version=2014-06-18"
         "v3-incomplete",
         "v3-unsigned-headers",
         "v1-incomplete",
+        "bearer-token",
     ],
 )
 async def test_hostile_requests_get_clean_4xx(
@@ -838,6 +857,53 @@ async def test_relative_data_dir(tmp_path: Path, videos: dict[str, Video], monke
             assert image.size == (176, 144)
     finally:
         await app.stop(0.5)
+
+
+async def test_https_with_the_grpc_certificate(tmp_path: Path) -> None:
+    """With tls_cert_file the HTTP listener serves HTTPS with the same certificate; with a
+    client CA it requires client certificates like the gRPC listener."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.test_tls_and_fuzz import _cert, _key, _pem, _write
+
+    ca_key = _key()
+    ca = _cert("test-ca", ca_key, None, ca=True)
+    server_key = _key()
+    server_cert = _cert("mps-snapshot", server_key, (ca.subject, ca_key), ip="127.0.0.1")
+    client_key = _key()
+    client_cert = _cert("media-svc", client_key, (ca.subject, ca_key))
+    pem = serialization.Encoding.PEM
+    ca_file = _write(tmp_path / "ca.pem", ca.public_bytes(pem))
+    for client_ca in ("", ca_file):
+        app = App(
+            load(
+                env={},
+                listen="127.0.0.1:0",
+                http_listen="127.0.0.1:0",
+                data_dir=tmp_path / "data",
+                tls_cert_file=_write(tmp_path / "server.pem", server_cert.public_bytes(pem)),
+                tls_key_file=_write(tmp_path / "server.key", _pem(server_key)),
+                tls_client_ca_file=client_ca,
+            )
+        )
+        await app.start()
+        try:
+            trust = ssl.create_default_context(cafile=ca_file)
+            url = f"https://127.0.0.1:{app.http_port}/?{BASE}"
+            async with aiohttp.ClientSession() as session:
+                if client_ca:
+                    with pytest.raises(aiohttp.ClientError):
+                        async with session.get(url, ssl=trust) as resp:
+                            await resp.read()
+                    trust.load_cert_chain(
+                        _write(tmp_path / "client.pem", client_cert.public_bytes(pem)),
+                        _write(tmp_path / "client.key", _pem(client_key)),
+                    )
+                async with session.get(url, ssl=trust) as resp:
+                    body = await resp.json()
+                assert resp.status == 200 and body["TotalCount"] == 1
+        finally:
+            await app.stop(0.5)
 
 
 def test_settings_and_exposure(tmp_path: Path) -> None:

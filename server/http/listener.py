@@ -83,8 +83,13 @@ class HttpListener:
             self._runner = None
 
 
-def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """Server-side TLS with the gRPC listener's certificate and key."""
+def tls_context(cert_file: str, key_file: str, client_ca_file: str = "") -> ssl.SSLContext:
+    """Server-side TLS with the gRPC listener's certificate and key; with a client CA, clients
+    must present a certificate it signed, as on the gRPC listener (the caller is still
+    identified by its request signature)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.load_verify_locations(client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
     return context

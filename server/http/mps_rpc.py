@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from client import mps_json
 from client.api import pipeline_service_pb2 as pps
 from client.api import snapshot_service_pb2 as sps
-from server.domain.errors import InternalError, InvalidParameter, MpsError, Unauthenticated
+from server.domain.errors import InternalError, InvalidParameter, MpsError, Throttled, Unauthenticated
 from server.http import signing, wire
 from server.ids import new_request_id
 from server.jobs import JobService
@@ -229,8 +229,13 @@ def _header(request: web.Request, name: str) -> str:
 class MpsRpc:
     """The ``/`` handler. ``add_routes`` mounts it on an HttpListener."""
 
-    def __init__(self, jobs: JobService, pipelines: PipelineRegistry, guard: Guard) -> None:
+    def __init__(
+        self, jobs: JobService, pipelines: PipelineRegistry, guard: Guard, *, max_in_flight: int = 1000
+    ) -> None:
         self.guard = guard
+        #: Calls in progress at once (the gRPC listener's max_concurrent_rpcs, counted apart).
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
         self._servicers: dict[str, object] = {
             "snapshot": SnapshotServicer(jobs, guard),
             "pipeline": PipelineServicer(pipelines, guard),
@@ -252,21 +257,32 @@ class MpsRpc:
         request_id = new_request_id()
         request_id_var.set(request_id)
         started = time.monotonic()
-        action_name = request.headers.get("x-acs-action") or request.query.get("Action", "-")
+        claimed = request.headers.get("x-acs-action") or request.query.get("Action", "")
+        action_name = claimed if claimed in ACTIONS else "HTTP"  # no caller text in the log
         try:
             if request.method not in ("GET", "POST"):
                 raise MpsError(
                     f"HTTP method {request.method} is not supported; use GET or POST.", code="UnsupportedHTTPMethod"
                 )
-            body = await self._call(request, request_id)
+            if self.in_flight >= self.max_in_flight:
+                raise Throttled(
+                    f"The server has {self.max_in_flight} calls in progress, its limit; retry shortly.",
+                    code="Throttling.Concurrency",
+                    retry_after=1.0,
+                )
+            self.in_flight += 1
+            try:
+                body = await self._call(request, request_id)
+            finally:
+                self.in_flight -= 1
         except MpsError as exc:
-            log.info("%s %s %.1f ms: %s", action_name[:64], exc.code, (time.monotonic() - started) * 1000, exc.message)
+            log.info("%s %s %.1f ms: %s", action_name, exc.code, (time.monotonic() - started) * 1000, exc.message)
             return self._error(request, exc, request_id)
         except Exception:
-            log.exception("unexpected error in HTTP %s", action_name[:64])
+            log.exception("unexpected error in HTTP %s", action_name)
             error = InternalError("An internal error occurred; quote the RequestId when reporting it.")
             return self._error(request, error, request_id)
-        log.info("%s OK %.1f ms", action_name[:64], (time.monotonic() - started) * 1000)
+        log.info("%s OK %.1f ms", action_name, (time.monotonic() - started) * 1000)
         return web.Response(
             text=wire.dumps(body),
             content_type="application/json",
