@@ -20,7 +20,9 @@ HEADER = "| MPS code | gRPC status | HTTP status | When |\n|---|---|---|---|\n"
 
 def main() -> None:
     page = ROOT / "docs" / "errors.md"
-    rows = "".join(f"| `{p}` | `{s.name}` | {http_status_for(p.removesuffix('.*'))} | {d} |\n" for p, s, d in ERROR_TABLE)
+    rows = "".join(
+        f"| `{p}` | `{s.name}` | {http_status_for(p.removesuffix('.*'))} | {d} |\n" for p, s, d in ERROR_TABLE
+    )
     text = page.read_text()
     text = re.sub(re.escape(HEADER) + r"(?:\|.*\n)+", lambda _: HEADER + rows, text, count=1)
     page.write_text(text)
