@@ -301,11 +301,7 @@ class MpsRpc:
                 code="InvalidVersion",
             )
         if values.get("Format", "json").lower() != "json":
-            raise InvalidParameter(
-                "Only Format=JSON is served (XML is not).",
-                code="InvalidParameter.Format",
-                violations=(),
-            )
+            raise InvalidParameter("Only Format=JSON is served (XML is not).", code="InvalidParameter.Format")
         principal = self.authenticate(request, params)
         action = ACTIONS.get(name)
         if action is None:
