@@ -139,6 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load(
         Path(args.config) if args.config else None,
         listen=args.listen,
+        http_listen=args.http_listen,
         data_dir=Path(args.data_dir) if args.data_dir else None,
     )
     configure_logging(settings.log_level)
@@ -153,6 +154,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--listen", help="HOST:PORT (env MPS_SNAPSHOT_LISTEN; default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the MPS HTTP RPC endpoint for Alibaba Cloud's SDKs and CLI "
+        "(env MPS_SNAPSHOT_HTTP_LISTEN; default off)",
+    )
     serve.add_argument("--data-dir", help="storage and database folder (env MPS_SNAPSHOT_DATA_DIR; default ./data)")
     serve.add_argument("--config", help="TOML settings file (env MPS_SNAPSHOT_CONFIG)")
     hashing = sub.add_parser("hash-secret", help="print the access_key_hash to configure for a secret")

@@ -51,10 +51,10 @@ def _field_by_json(desc: Descriptor, key: str) -> FieldDescriptor | None:
 
 def _normalize_value(field: FieldDescriptor, value: Any) -> Any:
     if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
+        if field.message_type.full_name.startswith("google.protobuf."):
+            return value  # well-known types have their own JSON form (a Timestamp is a string)
         if isinstance(value, str):
             value = json.loads(value) if value.strip() else {}
-        if field.message_type.full_name.startswith("google.protobuf."):
-            return value
         return normalize(field.message_type, value)
     if field.type == FieldDescriptor.TYPE_BOOL and isinstance(value, str):
         text = value.strip().lower()

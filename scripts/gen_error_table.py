@@ -13,14 +13,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.rpc.errors import ERROR_TABLE  # noqa: E402
+from server.rpc.errors import ERROR_TABLE, http_status_for  # noqa: E402
 
-HEADER = "| MPS code | gRPC status | When |\n|---|---|---|\n"
+HEADER = "| MPS code | gRPC status | HTTP status | When |\n|---|---|---|---|\n"
 
 
 def main() -> None:
     page = ROOT / "docs" / "errors.md"
-    rows = "".join(f"| `{p}` | `{s.name}` | {d} |\n" for p, s, d in ERROR_TABLE)
+    rows = "".join(
+        f"| `{p}` | `{s.name}` | {http_status_for(p.removesuffix('.*'))} | {d} |\n" for p, s, d in ERROR_TABLE
+    )
     text = page.read_text()
     text = re.sub(re.escape(HEADER) + r"(?:\|.*\n)+", lambda _: HEADER + rows, text, count=1)
     page.write_text(text)

@@ -14,6 +14,8 @@ from pathlib import Path
 from grpc import aio
 
 from server.config import Settings
+from server.http.listener import HttpListener, tls_context
+from server.http.mps_rpc import MpsRpc
 from server.jobs import JobService
 from server.media.engine import MediaEngine
 from server.notify import HttpNotifier, NotificationService
@@ -27,6 +29,7 @@ from server.security.authn import Authenticator, Principal
 from server.security.guard import Guard
 from server.security.policy import Effect, Statement
 from server.security.ratelimit import RateLimiter
+from server.security.secrets import principal_keys
 from server.storage.local import LocalStore
 from server.storage.router import Route, StorageRouter
 from server.storage.s3 import S3Options, S3Store, open_stores
@@ -78,31 +81,40 @@ def with_bootstrap_key(settings: Settings) -> Settings:
 
 def check_exposure(settings: Settings) -> None:
     """Safe defaults: without principals the server answers anyone who can reach it, so it
-    may only listen on loopback unless the operator says otherwise."""
-    host = settings.listen.rsplit(":", 1)[0].strip("[]")
+    may only listen on loopback unless the operator says otherwise (gRPC and HTTP alike)."""
+    for address in (settings.listen, settings.http_listen):
+        if address:
+            _check_address(settings, address)
+
+
+def _check_address(settings: Settings, address: str) -> None:
+    host = address.rsplit(":", 1)[0].strip("[]")
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
     if not loopback and not settings.principals and not settings.allow_insecure:
         raise SystemExit(
-            f"refusing to listen on {settings.listen} without authentication: configure [[principals]] "
+            f"refusing to listen on {address} without authentication: configure [[principals]] "
             "(see docs/security.md), listen on 127.0.0.1, or set allow_insecure = true "
             "(MPS_SNAPSHOT_ALLOW_INSECURE=1) if something else protects this port."
         )
 
 
 def build_guard(settings: Settings) -> Guard:
-    principals = [
-        Principal(
-            name=p.name or p.access_key_id or p.cert_cn,
-            access_key_id=p.access_key_id,
-            key_hash=p.access_key_hash.lower(),
-            cert_cn=p.cert_cn,
-            statements=tuple(Statement(Effect(st.effect), st.actions, st.resources) for st in p.statements),
+    principals = []
+    for p in settings.principals:
+        key_hash, secret = principal_keys(p.access_key_id, p.access_key_hash, p.access_key_secret_file)
+        principals.append(
+            Principal(
+                name=p.name or p.access_key_id or p.cert_cn,
+                access_key_id=p.access_key_id,
+                key_hash=key_hash,
+                cert_cn=p.cert_cn,
+                statements=tuple(Statement(Effect(st.effect), st.actions, st.resources) for st in p.statements),
+                secret=secret,
+            )
         )
-        for p in settings.principals
-    ]
     limits = {"submit": settings.rate_submit, "query": settings.rate_query, "pipeline": settings.rate_pipeline}
     return Guard(Authenticator(principals), RateLimiter(limits), settings.max_watch_streams)
 
@@ -114,6 +126,9 @@ class App:
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
+        self.http: HttpListener | None = None
+        self.mps_rpc: MpsRpc | None = None
+        self.http_port = 0
 
     async def start(self) -> int:
         s = self.settings = with_bootstrap_key(self.settings)
@@ -194,8 +209,21 @@ class App:
         await self._server.start()
         await rpc_server.set_serving(self.health, True)
         self._health_task = asyncio.create_task(self._watch_store())
+        if s.http_listen:
+            await self._start_http()
         log.info("listening on %s (port %d), data in %s", s.listen, self.port, s.data_dir.resolve())
         return self.port
+
+    async def _start_http(self) -> None:
+        """The HTTP listener (MPS's HTTP RPC protocol on /; other routes mount beside it)."""
+        s = self.settings
+        tls = tls_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file) if s.tls_cert_file else None
+        self.http = HttpListener(s.http_listen, shutdown_grace_s=s.shutdown_grace_s, ssl_context=tls)
+        self.mps_rpc = MpsRpc(self.jobs, self.pipelines, self.guard, max_in_flight=s.max_concurrent_rpcs)
+        self.http.mount(self.mps_rpc.add_routes)
+        self.http.fallback(self.mps_rpc.not_found)
+        self.http_port = await self.http.start()
+        log.info("HTTP RPC listening on %s (http port %d)", s.http_listen, self.http_port)
 
     async def _watch_store(self) -> None:
         # Health follows the job store: a server that cannot record jobs is not serving.
@@ -218,8 +246,10 @@ class App:
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        stopping = [self.http.stop()] if self.http is not None else []
         if self._server is not None:
-            await self._server.stop(grace)
+            stopping.append(self._server.stop(grace))
+        await asyncio.gather(*stopping)
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
         await self.router.close()
         await self.store.close()

@@ -77,6 +77,10 @@ class PrincipalConfig:
     name: str = ""
     access_key_id: str = ""
     access_key_hash: str = ""
+    #: A file holding the raw AccessKeySecret (and nothing else): needed for Alibaba Cloud
+    #: V1/V3 signatures on the HTTP RPC endpoint, which use the secret itself as the HMAC key.
+    #: access_key_hash is then derived from it if not given (docs/security.md).
+    access_key_secret_file: str = ""
     cert_cn: str = ""
     statements: tuple[StatementConfig, ...] = ()
 
@@ -85,6 +89,9 @@ class PrincipalConfig:
 class Settings:
     #: Address the gRPC server listens on (HOST:PORT; port 0 picks a free port).
     listen: str = "127.0.0.1:50051"
+    #: Address of the HTTP listener (MPS's HTTP RPC protocol on ``/``, for Alibaba Cloud's
+    #: SDKs and CLI; docs/mps-compatibility.md); empty: no HTTP listener.
+    http_listen: str = ""
     #: Root of the embedded storage (one folder per bucket) and of the SQLite job store.
     data_dir: Path = Path("data")
     #: ffmpeg and ffprobe executables (names are looked up on PATH).

@@ -105,7 +105,8 @@ class MediaEngine:
     ) -> None:
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
-        self.tmp_dir = tmp_dir
+        # Absolute: ffmpeg runs with its work folder as cwd, so a relative data_dir would break paths.
+        self.tmp_dir = tmp_dir.resolve()
         self.max_processes = max_processes
         self._slots = Slots(max_processes, sync_reserved)
         self._cpu = cpu_seconds

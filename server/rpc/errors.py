@@ -1,4 +1,5 @@
-"""The one table from MPS error codes to gRPC status codes, and the rich error status.
+"""The one table from MPS error codes to gRPC status codes (and, derived from them, the
+HTTP statuses of the MPS HTTP RPC endpoint), and the rich error status.
 
 Entries ending in ".*" match every code with that prefix; exact entries win over
 prefixes, longer prefixes over shorter. docs/errors.md is checked against this table
@@ -62,6 +63,11 @@ ERROR_TABLE: tuple[tuple[str, grpc.StatusCode, str], ...] = (
     ("Forbidden.*", grpc.StatusCode.PERMISSION_DENIED, "The caller's policy does not allow the action."),
     ("InvalidAccessKeyId.*", grpc.StatusCode.UNAUTHENTICATED, "The access key is unknown."),
     (
+        "InvalidAccessKeyId.Inactive",
+        grpc.StatusCode.UNAUTHENTICATED,
+        "HTTP RPC: the access key has no access_key_secret_file, which Alibaba Cloud signatures need.",
+    ),
+    (
         "MissingAccessKeyId",
         grpc.StatusCode.UNAUTHENTICATED,
         "Authentication is configured and the call has no credentials.",
@@ -73,19 +79,60 @@ ERROR_TABLE: tuple[tuple[str, grpc.StatusCode, str], ...] = (
     ("ServiceUnavailable", grpc.StatusCode.UNAVAILABLE, "The server is shutting down; retry on another instance."),
     ("TransientNetWorkError", grpc.StatusCode.UNAVAILABLE, "Storage could not be reached; retry."),
     ("InternalError", grpc.StatusCode.INTERNAL, "An unexpected error; the message carries only the request id."),
+    (
+        "InvalidAction.NotFound",
+        grpc.StatusCode.UNIMPLEMENTED,
+        "HTTP RPC: the Action (or the path) is not one this service implements.",
+    ),
+    ("InvalidVersion", grpc.StatusCode.INVALID_ARGUMENT, "HTTP RPC: Version is not 2014-06-18."),
+    ("UnsupportedHTTPMethod", grpc.StatusCode.UNIMPLEMENTED, "HTTP RPC: a method other than GET or POST."),
 )
 
+#: The HTTP status of an error on the HTTP RPC endpoint follows its gRPC status, as MPS's
+#: SDKs expect (they only tell 4xx from 5xx; a retry-after header makes throttling its own).
+HTTP_BY_GRPC: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ALREADY_EXISTS: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 400,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 404,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.INTERNAL: 500,
+}
+#: Entries of ERROR_TABLE whose HTTP status differs from their gRPC status's (Alibaba Cloud's
+#: common errors: an unknown AccessKeyId is 404).
+HTTP_EXCEPTIONS: dict[str, int] = {"InvalidAccessKeyId.*": 404, "UnsupportedHTTPMethod": 405}
 
-def status_for(code: str) -> grpc.StatusCode:
-    best: tuple[int, grpc.StatusCode] | None = None
+
+def _entry(code: str) -> tuple[str, grpc.StatusCode] | None:
+    """The table entry (pattern, status) that governs ``code``."""
+    best: tuple[int, str, grpc.StatusCode] | None = None
     for pattern, status, _ in ERROR_TABLE:
         if pattern == code:
-            return status
+            return pattern, status
         if pattern.endswith(".*"):
             prefix = pattern[:-2]
             if (code == prefix or code.startswith(prefix + ".")) and (best is None or len(prefix) > best[0]):
-                best = (len(prefix), status)
-    return best[1] if best else grpc.StatusCode.INTERNAL
+                best = (len(prefix), pattern, status)
+    return (best[1], best[2]) if best else None
+
+
+def status_for(code: str) -> grpc.StatusCode:
+    entry = _entry(code)
+    return entry[1] if entry else grpc.StatusCode.INTERNAL
+
+
+def http_status_for(code: str) -> int:
+    """The HTTP status of ``code`` on the MPS HTTP RPC endpoint."""
+    entry = _entry(code)
+    if entry is None:
+        return 500
+    return HTTP_EXCEPTIONS.get(entry[0], HTTP_BY_GRPC.get(entry[1], 500))
 
 
 def rich_status(error: MpsError, request_id: str) -> tuple[grpc.StatusCode, str, bytes]:

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from server.domain.errors import Unauthenticated
@@ -52,6 +52,9 @@ class Principal:
     key_hash: str = ""
     cert_cn: str = ""
     statements: tuple[Statement, ...] = ()
+    #: The raw AccessKeySecret, when configured (``access_key_secret_file``): Alibaba Cloud's
+    #: V1/V3 signatures on the HTTP RPC endpoint use it as the HMAC key (docs/security.md).
+    secret: str = field(default="", repr=False, compare=False)
 
 
 ANONYMOUS = Principal(name="anonymous", statements=ALLOW_ALL)
@@ -85,7 +88,7 @@ class Authenticator:
             code="MissingAccessKeyId",
         )
 
-    def _principal(self, key_id: str) -> Principal:
+    def principal(self, key_id: str) -> Principal:
         principal = self.by_key.get(key_id)
         if principal is None:
             raise Unauthenticated(f"The AccessKeyId {key_id[:64]!r} is not known to this server.")
@@ -98,7 +101,7 @@ class Authenticator:
             raise Unauthenticated(
                 "The authorization header must be 'Bearer <AccessKeyId>:<AccessKeySecret>'.", code="IncompleteSignature"
             )
-        principal = self._principal(key_id)
+        principal = self.principal(key_id)
         if not hmac.compare_digest(derive_key(secret), principal.key_hash):
             raise Unauthenticated("The AccessKeySecret does not match the AccessKeyId.", code="SignatureDoesNotMatch")
         return principal
@@ -114,7 +117,7 @@ class Authenticator:
                 f"x-mps-signature-nonce (1-{MAX_NONCE_LENGTH} characters) and x-mps-signature.",
                 code="IncompleteSignature",
             )
-        principal = self._principal(key_id)
+        principal = self.principal(key_id)
         expected = sign(principal.key_hash, method, timestamp, nonce)
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise Unauthenticated(
@@ -122,29 +125,35 @@ class Authenticator:
                 "the derived key of your AccessKeySecret, base64-encoded.",
                 code="SignatureDoesNotMatch",
             )
+        self.check_fresh(key_id, timestamp, nonce, HEADER_TIMESTAMP, HEADER_NONCE)
+        return principal
+
+    def check_fresh(self, key_id: str, timestamp: str, nonce: str, timestamp_name: str, nonce_name: str) -> None:
+        """A signed request's timestamp is within 15 minutes of the server's clock and its
+        nonce is new; the one replay rule of gRPC's and HTTP's signatures (``*_name`` is what
+        the caller calls the two fields, for the message)."""
         try:
             when = datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
         except ValueError:
             raise Unauthenticated(
-                f"x-mps-timestamp {timestamp[:40]!r} is not ISO 8601 (2026-01-02T03:04:05Z).",
+                f"{timestamp_name} {timestamp[:40]!r} is not ISO 8601 (2026-01-02T03:04:05Z).",
                 code="InvalidTimeStamp.Format",
             ) from None
         now = self.clock()
         if abs(now - when) > MAX_SKEW_S:
             raise Unauthenticated(
-                "x-mps-timestamp is more than 15 minutes from the server's clock; sync the "
+                f"{timestamp_name} is more than 15 minutes from the server's clock; sync the "
                 "caller's clock and sign again.",
                 code="InvalidTimeStamp.Expired",
             )
-        self._use_nonce(key_id, nonce, now)
-        return principal
+        self._use_nonce(key_id, nonce, now, nonce_name)
 
-    def _use_nonce(self, key_id: str, nonce: str, now: float) -> None:
+    def _use_nonce(self, key_id: str, nonce: str, now: float, nonce_name: str) -> None:
         key = (key_id, nonce)
         expiry = self._nonces.get(key)
         if expiry is not None and expiry > now:
             raise Unauthenticated(
-                "This x-mps-signature-nonce was used before; use a new random nonce per call.",
+                f"This {nonce_name} was used before; use a new random nonce per call.",
                 code="SignatureNonceUsed",
             )
         if len(self._nonces) >= self.max_nonces:

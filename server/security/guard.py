@@ -22,6 +22,11 @@ class Guard:
 
     def admit(self, method: str, full_method: str, metadata: Mapping[str, str], cert_cn: str | None) -> Principal:
         principal = self.authenticator.authenticate(metadata, full_method, cert_cn)
+        self.throttle(principal, method)
+        return principal
+
+    def throttle(self, principal: Principal, method: str) -> None:
+        """Take one call from the principal's budget for ``method`` (gRPC and HTTP alike)."""
         wait = self.limiter.check(principal.name, LIMIT_CLASS.get(method, "other"))
         if wait:
             raise Throttled(
@@ -29,7 +34,6 @@ class Guard:
                 f"{LIMIT_CLASS.get(method)} rate limit; retry in {wait:.2f} s.",
                 retry_after=wait,
             )
-        return principal
 
     def authorize(self, principal: Principal, method: str, resources: tuple[str, ...]) -> None:
         action = ACTIONS[method]

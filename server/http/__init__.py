@@ -1,0 +1,1 @@
+"""HTTP listener and the MPS HTTP RPC protocol (Alibaba Cloud SDK compatibility)."""
