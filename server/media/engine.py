@@ -106,7 +106,7 @@ class MediaEngine:
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
         # Absolute: ffmpeg runs with its work folder as cwd, so a relative data_dir would break paths.
-        self.tmp_dir = tmp_dir.resolve()
+        self.tmp_dir = tmp_dir
         self.max_processes = max_processes
         self._slots = Slots(max_processes, sync_reserved)
         self._cpu = cpu_seconds
