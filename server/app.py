@@ -76,7 +76,7 @@ def with_bootstrap_key(settings: Settings) -> Settings:
         path,
         path,
     )
-    return dataclasses.replace(settings, principals=(bootstrap.bootstrap_principal(key_id, secret),))
+    return dataclasses.replace(settings, principals=(bootstrap.bootstrap_principal(key_id, secret, path),))
 
 
 def check_exposure(settings: Settings) -> None:
