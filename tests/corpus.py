@@ -1049,6 +1049,58 @@ def build(recipe: Recipe, cache_dir: Path = CACHE) -> Reference:
     return _load(recipe, folder)
 
 
+def cached_file(recipe: Recipe, cache_dir: Path = CACHE) -> Path:
+    """Only the file of a recipe (no reference decode), built once per recipe hash."""
+    folder = cache_dir / f"{recipe.name}-{recipe.key()}"
+    if (folder / recipe.name).exists():
+        return folder / recipe.name
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.glob(f"{recipe.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache_dir))
+    try:
+        _build_file(recipe, work)
+        os.replace(work, folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return folder / recipe.name
+
+
+#: The README walkthrough's ~/Videos/holiday.mp4: real footage, long enough for its
+#: snapshot at 12.5 s and its ten images every 20 s from 5 s on (5 ... 185 s).
+HOLIDAY = _r(
+    "holiday.mp4",
+    "H.264 + AAC / MP4",
+    "the README walkthrough's video (186 s of real footage, looped)",
+    [
+        "-stream_loop",
+        "18",
+        "-i",
+        "@bikes",
+        "-i",
+        "@film",
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-t",
+        "186",
+        "-vf",
+        "scale=480:204",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "32",
+        "-pix_fmt",
+        "yuv420p",
+        *AAC,
+        "@out",
+    ],
+)
+
+
 def build_all(progress: Callable[[str], None] | None = None) -> dict[str, Reference]:
     refs = {}
     for recipe in RECIPES:
