@@ -137,7 +137,8 @@ def _check_image(
 
 
 def middle(ref: Reference) -> int:
-    """A frame in the middle, a whole number of ms ahead of its time (so T hits it late)."""
+    """The frame in the middle; tests ask for it at ceil_ms(its time), the first whole
+    millisecond at which it is displayed (its very time when that is a whole ms)."""
     return len(ref.times) // 2
 
 
@@ -293,6 +294,8 @@ async def _sprite(client: SnapshotClient, data: Path, ref: Reference) -> list[st
     frame_size = ref.output_size(320, None)
     ox, oy, w, h = fit(frame_size, CELL)
     with Image.open(data / "corpus" / final.sprites[0].object) as sheet:
+        if sheet.size != (2 * CELL[0], 2 * CELL[1]):
+            problems.append(f"{what}: sprite is {sheet.size[0]}x{sheet.size[1]}, expected {2 * CELL[0]}x{2 * CELL[1]}")
         sheet = sheet.convert("RGB")
     for i, (image, t) in enumerate(zip(final.images, points, strict=True)):
         label = f"{what} cell {i} T={t}ms"
