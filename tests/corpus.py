@@ -303,6 +303,21 @@ RECIPES: tuple[Recipe, ...] = (
         [a("-i @bikes"), graph(marked(640, 272, seconds=3)), X264, a("-bf 2 -g 25"), FRAG, "@out"],
     ),
     _r(
+        "fragmented_av.mp4",
+        "H.264 + AAC / fragmented MP4",
+        "fragmented with audio from 0 and video (B-frames) from 0.08 s, as live encoders write",
+        [
+            a("-i @film"),
+            graph(marked(640, 360, seconds=3)),
+            a("-map 0:a -t 3"),
+            X264,
+            a("-bf 2 -g 25"),
+            AAC,
+            FRAG,
+            "@out",
+        ],
+    ),
+    _r(
         "anamorphic.mp4",
         "H.264 / MP4, SAR 4:3",
         "anamorphic pixels: 480x360 stored, 640x360 displayed",
