@@ -435,7 +435,7 @@ RECIPES: tuple[Recipe, ...] = (
     _r(
         "mjpeg.avi",
         "MJPEG + PCM / AVI",
-        "a camera's or webcam's Motion JPEG in AVI (no pts in the packets)",
+        "a camera's or webcam's Motion JPEG in AVI with PCM audio (every frame a keyframe)",
         [
             a("-i @carphone"),
             sine(400, 22050, 3),
