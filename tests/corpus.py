@@ -447,8 +447,12 @@ RECIPES: tuple[Recipe, ...] = (
         "mjpeg_pipe.avi",
         "MJPEG / AVI to a pipe",
         "a capture streamed to disk: no idx1 index, header frame count and duration never filled in",
-        ["|", a("-i @bikes"), graph(marked(352, 150, seconds=3, post="format=yuvj420p"))]
-        + [a("-c:v mjpeg -q:v 4 -f avi -")],
+        [
+            "|",
+            a("-i @bikes"),
+            graph(marked(352, 150, seconds=3, post="format=yuvj420p")),
+            a("-c:v mjpeg -q:v 4 -f avi -"),
+        ],
     ),
     _r(
         "audio_only.m4a",
