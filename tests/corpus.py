@@ -408,7 +408,7 @@ RECIPES: tuple[Recipe, ...] = (
     _r(
         "odd_322x181.webm",
         "VP9 322x181 / WebM",
-        "odd width and height (no 4:2:0-friendly size)",
+        "an odd height and a width that is no multiple of 16",
         [a("-i @bikes"), graph(marked(322, 181, seconds=2)), VP9, a("-b:v 300k -g 25 @out")],
     ),
     _r(

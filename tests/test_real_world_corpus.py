@@ -12,10 +12,12 @@ frame #37 (t=1.233), expected #38 (t=1.234), offset -1``.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +335,137 @@ async def _expect_error(client: SnapshotClient, ref: Reference, mode: str) -> No
     final = await client.wait(job.id, timeout=60)
     assert final.state == "Fail" and final.code == ref.recipe.error, (final.state, final.code, final.message)
     assert "no video stream" in final.message
+
+
+# ----------------------------------------------------------------------------- the corpus itself
+
+
+def _probe(path: Path) -> dict[str, Any]:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", str(path)],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    doc: dict[str, Any] = json.loads(out)
+    return doc
+
+
+def _top_level_boxes(path: Path) -> list[str]:
+    """The ISO BMFF boxes at the top of an MP4/MOV file, in order."""
+    boxes, data, i = [], path.read_bytes(), 0
+    while i + 8 <= len(data):
+        size, kind = int.from_bytes(data[i : i + 4], "big"), data[i + 4 : i + 8].decode("latin-1")
+        if size == 1:
+            size = int.from_bytes(data[i + 8 : i + 16], "big")
+        boxes.append(kind)
+        if size < 8:
+            break
+        i += size
+    return boxes
+
+
+@dataclass
+class Facts:
+    ref: Reference
+    fmt: dict[str, Any]
+    streams: list[dict[str, Any]]
+    videos: list[dict[str, Any]]
+
+    @property
+    def v(self) -> dict[str, Any]:
+        return self.videos[0]
+
+    @property
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in itertools.pairwise(self.ref.times)]
+
+    def b_frames(self) -> bool:
+        return int(self.v.get("has_b_frames", 0)) > 0
+
+
+def _vfr(f: Facts) -> dict[str, bool]:
+    return {
+        "variable intervals": len({round(g, 4) for g in f.gaps}) > 3,
+        "dropped frames": max(f.gaps) > 1.5 * sorted(f.gaps)[len(f.gaps) // 2],
+        "rotation 90": f.ref.rotation == 90,
+    }
+
+
+def _no_cues(f: Facts) -> dict[str, bool]:
+    return {"no Cues element": b"\x1c\x53\xbb\x6b" not in f.ref.path.read_bytes()}
+
+
+def _fragmented(f: Facts, late: bool) -> dict[str, bool]:
+    checks = {"fragments (moof)": "moof" in _top_level_boxes(f.ref.path)}
+    if late:
+        checks["video from 0.08 s"] = abs(float(f.v["start_time"]) - 0.08) < 0.002
+    return checks
+
+
+def _mjpeg(f: Facts) -> dict[str, bool]:
+    return {"mjpeg in avi": f.v["codec_name"] == "mjpeg" and f.fmt["format_name"] == "avi"}
+
+
+#: What each file must be for its row of the corpus table (docs/real-world-corpus.md) to be true.
+CLAIMS: dict[str, Callable[[Facts], dict[str, bool]]] = {
+    "vfr_phone.mp4": _vfr,
+    "hevc10_hvc1.mp4": lambda f: {
+        "hevc hvc1 10-bit": (f.v["codec_name"], f.v["codec_tag_string"], f.v["pix_fmt"])
+        == ("hevc", "hvc1", "yuv420p10le")
+    },
+    "vp9_opus.webm": lambda f: {"vp9 + opus": sorted(s["codec_name"] for s in f.streams) == ["opus", "vp9"]},
+    "mediarecorder.webm": lambda f: {
+        **_no_cues(f),
+        "no duration, vp8": "duration" not in f.fmt and f.v["codec_name"] == "vp8",
+    },
+    "mkv_pipe.mkv": _no_cues,
+    "av1.mp4": lambda f: {"av1": f.v["codec_name"] == "av1"},
+    "av1.mkv": lambda f: {"av1": f.v["codec_name"] == "av1"},
+    "mpeg2_offset.ts": lambda f: {
+        "mpeg2 in mpegts": f.v["codec_name"] == "mpeg2video" and f.fmt["format_name"] == "mpegts",
+        "start offset >= 10 s": float(f.fmt["start_time"]) >= 10,
+        "interlaced": f.v.get("field_order") in ("tt", "tb", "bt", "bb"),
+        "B-frames": f.b_frames(),
+    },
+    "bframes_editlist_moovend.mp4": lambda f: {
+        "moov after mdat": _top_level_boxes(f.ref.path).index("moov") > _top_level_boxes(f.ref.path).index("mdat"),
+        "B-frames": f.b_frames(),
+    },
+    "fragmented.mp4": lambda f: _fragmented(f, late=False),
+    "fragmented_late.mp4": lambda f: _fragmented(f, late=True),
+    "fragmented_av.mp4": lambda f: _fragmented(f, late=True),
+    "anamorphic.mp4": lambda f: {"SAR 4:3": f.v["sample_aspect_ratio"] == "4:3"},
+    "gop10s.mp4": lambda f: {"one keyframe in 10 s": len(f.ref.keyframes) == 1 and f.ref.times[-1] > 9.9},
+    "video_after_audio.mp4": lambda f: {"video 0.5 s after audio": f.ref.times[0] >= 0.5},
+    "two_video.mkv": lambda f: {"two video streams": len(f.videos) == 2},
+    "cover_art.mp4": lambda f: {"attached picture": any(s["disposition"].get("attached_pic") for s in f.streams)},
+    "uhd_4k.mp4": lambda f: {"3840x2160": (f.v["width"], f.v["height"]) == (3840, 2160)},
+    "one_frame.mp4": lambda f: {"one frame": len(f.ref.times) == 1},
+    "odd_322x181.webm": lambda f: {
+        "odd height, width not a multiple of 16": f.v["height"] % 2 == 1 and f.v["width"] % 16 != 0
+    },
+    "odd_321x239.mp4": lambda f: {"odd size": f.v["width"] % 2 == 1 and f.v["height"] % 2 == 1},
+    "prores.mov": lambda f: {"prores 10-bit 4:2:2": (f.v["codec_name"], f.v["pix_fmt"]) == ("prores", "yuv422p10le")},
+    "mjpeg.avi": _mjpeg,
+    "mjpeg_pipe.avi": lambda f: {**_mjpeg(f), "header never filled in": float(f.fmt.get("duration", 0)) > 100},
+    "audio_only.m4a": lambda f: {"no video": not f.videos},
+}
+
+
+def _claims(ref: Reference) -> list[str]:
+    """The claims of the file's row that are not true."""
+    doc = _probe(ref.path)
+    streams = doc["streams"]
+    videos = [s for s in streams if s["codec_type"] == "video" and not s["disposition"].get("attached_pic")]
+    facts = Facts(ref, doc["format"], streams, videos)
+    checks = CLAIMS.get(ref.name, lambda f: {})(facts)
+    return [claim for claim, ok in checks.items() if not ok]
+
+
+@pytest.mark.parametrize("name", [r.name for r in RECIPES])
+def test_corpus_file_is_what_the_table_says(refs: dict[str, Reference], name: str) -> None:
+    assert not _claims(refs[name]), f"{name} is not: {_claims(refs[name])}"
