@@ -228,7 +228,8 @@ async def _run_mode(client: SnapshotClient, data: Path, ref: Reference, mode: st
             # differently: sample duration, stream duration), give or take one frame interval.
             low, high = ms(ref.times[-1]), end + ms(ref.spacing_s)
             numbers = [float(x) for x in re.findall(r"\d+(?:\.\d+)?", err.message)]
-            if not any(low < x <= high + 1 for x in numbers):
+            # In ms, or in seconds ("3.96 s").
+            if not any(low < x <= high + 1 or low < x * 1000 <= high + 1 for x in numbers):
                 return [
                     f"{what}: the message does not name the duration (the display end of the last frame, "
                     f"{end:.0f} ms; anything in ({low:.0f}, {high:.0f}] ms): {err.message}"
