@@ -12,12 +12,17 @@ import signal
 from grpc import aio
 
 from server.config import Settings
+from server.http.listener import HttpListener
 from server.jobs import JobService
 from server.media.engine import MediaEngine
 from server.notify import HttpNotifier, NotificationService
+from server.observability import Telemetry
+from server.observability import logging as log_setup
+from server.observability.metrics import Metrics
+from server.observability.storage import ObservedStore
+from server.observability.tracing import Tracing
 from server.pipelines import PipelineRegistry
 from server.rpc import server as rpc_server
-from server.rpc.calls import RequestIdFilter
 from server.runner import JobRunner
 from server.scheduler import Scheduler
 from server.security.authn import Authenticator, Principal
@@ -32,13 +37,8 @@ from server.store.sqlite import SqliteStore
 log = logging.getLogger("mps_snapshot")
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def configure_logging(level: str, fmt: str = "text") -> None:
+    log_setup.configure(level, fmt)
 
 
 def build_router(settings: Settings, local: LocalStore) -> StorageRouter:
@@ -88,9 +88,16 @@ def build_guard(settings: Settings) -> Guard:
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.port = 0
+        #: The HTTP listener's port (0: none configured).
+        self.http_port = 0
+        self.http: HttpListener | None = None
+        # Tests pass their own Tracing (an in-memory exporter); otherwise the settings decide.
+        self.telemetry = Telemetry(
+            Metrics(), tracing or Tracing.from_settings(settings.trace_exporter, settings.otlp_endpoint)
+        )
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
@@ -104,6 +111,11 @@ class App:
         self.local.sweep()
         self.router = build_router(s, self.local)
         await open_stores(r.store for r in self.router.routes)
+        backends = {id(self.local): "local"}
+        self.router.routes = [
+            Route(r.pattern, ObservedStore(r.store, backends.get(id(r.store), "s3"), self.telemetry))
+            for r in self.router.routes
+        ]
         self.engine = MediaEngine(
             ffmpeg=s.resolved_ffmpeg(),
             ffprobe=s.resolved_ffprobe(),
@@ -116,6 +128,7 @@ class App:
             max_input_streams=s.max_input_streams,
             max_input_pixels=s.max_input_pixels,
             max_duration_s=s.max_duration_s,
+            telemetry=self.telemetry,
         )
         self.engine.sweep()
         self.pipelines = PipelineRegistry(
@@ -129,6 +142,7 @@ class App:
             pipelines=self.pipelines,
             sync_timeout_s=s.sync_timeout_s,
             max_sprite_pixels=s.max_sprite_pixels,
+            telemetry=self.telemetry,
         )
         self.notifications = NotificationService(
             jobs=self.jobs,
@@ -162,6 +176,7 @@ class App:
             reflection_enabled=s.reflection,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             client_certs_required=tls and bool(s.tls_client_ca_file),
+            telemetry=self.telemetry,
         )
         if tls:
             creds = rpc_server.credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
@@ -173,8 +188,51 @@ class App:
         await self._server.start()
         await rpc_server.set_serving(self.health, True)
         self._health_task = asyncio.create_task(self._watch_store())
+        if s.http_listen:
+            await self._start_http(s.http_listen)
         log.info("listening on %s (port %d), data in %s", s.listen, self.port, s.data_dir.resolve())
         return self.port
+
+    def pipeline_load(self, pipeline_id: str) -> tuple[int, int]:
+        """(waiting, running) async jobs of a pipeline."""
+        runtime = self.scheduler.runtimes.get(pipeline_id)
+        return (runtime.waiting, runtime.busy) if runtime is not None else (0, 0)
+
+    async def _refresh_gauges(self, metrics: Metrics) -> None:
+        metrics.jobs.clear()
+        for (state, pipeline), count in (await self.store.count_by_state()).items():
+            metrics.jobs.labels(state, pipeline).set(count)
+        metrics.queue_depth.clear()
+        metrics.running_jobs.clear()
+        for pipeline_id in self.scheduler.runtimes:
+            waiting, running = self.pipeline_load(pipeline_id)
+            metrics.queue_depth.labels(pipeline_id).set(waiting)
+            metrics.running_jobs.labels(pipeline_id).set(running)
+
+    async def _start_http(self, host_port: str) -> None:
+        from aiohttp import web
+
+        from server import console
+        from server.observability import metrics
+
+        web_app = web.Application()
+        self.telemetry.metrics.refreshers.append(self._refresh_gauges)
+        metrics.add_routes(web_app, self.telemetry.metrics)
+        console.add_routes(
+            web_app,
+            console.Console(
+                jobs=self.jobs,
+                pipelines=self.pipelines,
+                router=self.router,
+                guard=self.guard,
+                metrics=self.telemetry.metrics,
+                load=self.pipeline_load,
+                url_expiry_s=self.settings.console_url_expiry_s,
+            ),
+        )
+        self.http = HttpListener(web_app)
+        self.http_port = await self.http.start(host_port)
+        log.info("HTTP (metrics, console) on %s (port %d)", host_port, self.http_port)
 
     async def _watch_store(self) -> None:
         # Health follows the job store: a server that cannot record jobs is not serving.
@@ -197,11 +255,14 @@ class App:
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             await self._server.stop(grace)
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
         await self.router.close()
         await self.store.close()
+        self.telemetry.tracing.shutdown()
         log.info("stopped")
 
     async def serve_forever(self) -> None:

@@ -147,6 +147,17 @@ class Settings:
     max_concurrent_rpcs: int = 1000
     #: Log level name.
     log_level: str = "INFO"
+    #: Log lines: "text" (readable) or "json" (one object a line with request, job, pipeline,
+    #: principal and trace ids; docs/operations.md).
+    log_format: str = "text"
+    #: HTTP listener for /metrics and the /console/ (HOST:PORT; empty: no HTTP listener).
+    http_listen: str = ""
+    #: Tracing: "none" (off), "otlp" (OTLP over gRPC to ``otlp_endpoint``, or the standard
+    #: OTEL_EXPORTER_OTLP_* variables when empty) or "console" (spans printed to stderr).
+    trace_exporter: str = "none"
+    otlp_endpoint: str = ""
+    #: Lifetime of the signed media URLs the console hands to the browser, in seconds.
+    console_url_expiry_s: int = 600
     #: Storage routes, tried in order (from the TOML file's [[storage]] tables).
     storage: tuple[StorageRoute, ...] = (StorageRoute(),)
 

@@ -15,6 +15,7 @@ from server.domain.models import FrameType
 from server.media import batch, process
 from server.media import probe as probe_mod
 from server.media.snapshot import Frame, Source, capture_exact, capture_keyframe, first_non_black
+from server.observability import Telemetry
 from server.storage.base import InputHandle
 
 
@@ -33,7 +34,9 @@ class MediaEngine:
         max_input_streams: int = 32,
         max_input_pixels: int = 8192 * 8192,
         max_duration_s: float = 0.0,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
         self.tmp_dir = tmp_dir
@@ -53,6 +56,7 @@ class MediaEngine:
         self.peak_running = 0
         #: Processes started so far (tests use it to prove validation starts none).
         self.started = 0
+        self.telemetry.metrics.ffmpeg_limit.set(max_processes)
 
     def sweep(self) -> None:
         """Remove work folders a crashed server left behind."""
@@ -74,15 +78,27 @@ class MediaEngine:
         )
 
     @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
+    async def _slot(self, kind: str) -> AsyncIterator[None]:
+        """A process slot for one run of ``kind`` (probe, keyframes, snapshot, black,
+        seek_batch, decode_pass), reported as a span and in the run-time histogram."""
+        metrics = self.telemetry.metrics
         async with self._slots:
             self.started += 1
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
+            metrics.ffmpeg_in_use.set(self.running)
+            program = "ffprobe" if kind in ("probe", "keyframes") else "ffmpeg"
             try:
-                yield
+                with (
+                    self.telemetry.tracing.tracer.start_as_current_span(
+                        f"{program}.{kind}", attributes={"mps.ffmpeg.kind": kind}
+                    ),
+                    metrics.ffmpeg_run(kind),
+                ):
+                    yield
             finally:
                 self.running -= 1
+                metrics.ffmpeg_in_use.set(self.running)
 
     async def probe(self, handle: InputHandle, cache_key: Hashable, wall_seconds: float) -> probe_mod.MediaInfo:
         cached = self._probes.get(cache_key)
@@ -90,7 +106,7 @@ class MediaEngine:
             self._probes.move_to_end(cache_key)
             return cached
         # ffprobe, like ffmpeg, runs in a private empty folder removed afterwards.
-        async with self._slot(), self.workdir("probe") as folder:
+        async with self._slot("probe"), self.workdir("probe") as folder:
             info = await probe_mod.probe(
                 self.ffprobe,
                 handle.url,
@@ -110,7 +126,7 @@ class MediaEngine:
         cached = self._gops.get(key)
         if cached is not None:
             return cached
-        async with self._slot(), self.workdir("keys") as folder:
+        async with self._slot("keyframes"), self.workdir("keys") as folder:
             gop = await probe_mod.probe_keyframes(
                 self.ffprobe, handle.url, handle.protocols, self.limits(wall_seconds), cwd=str(folder)
             )
@@ -132,7 +148,7 @@ class MediaEngine:
         wall_seconds: float,
     ) -> Frame:
         capture = capture_keyframe if frame_type is FrameType.INTRA else capture_exact
-        async with self._slot():
+        async with self._slot("snapshot"):
             return await capture(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
@@ -155,7 +171,7 @@ class MediaEngine:
         workdir: Path,
         wall_seconds: float,
     ) -> float | None:
-        async with self._slot():
+        async with self._slot("black"):
             return await first_non_black(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
@@ -178,7 +194,7 @@ class MediaEngine:
         workdir: Path,
         wall_seconds: float,
     ) -> list[Frame | None]:
-        async with self._slot():
+        async with self._slot("seek_batch"):
             return await batch.seek_batch(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
@@ -205,7 +221,7 @@ class MediaEngine:
         workdir: Path,
         wall_seconds: float,
     ) -> list[Frame | None]:
-        async with self._slot():
+        async with self._slot("decode_pass"):
             return await batch.decode_pass(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
