@@ -76,11 +76,13 @@
   play.addEventListener("click", () => { if (video.paused) video.play(); else video.pause(); });
   video.addEventListener("play", () => { play.textContent = "Pause"; });
   video.addEventListener("pause", () => { play.textContent = "Play"; });
-  video.addEventListener("timeupdate", () => {
+  function tick() {
     const total = duration();
     played.style.width = (total ? (100 * video.currentTime) / total : 0) + "%";
     clock.textContent = clockText(video.currentTime) + " / " + clockText(total);
-  });
+  }
+  video.addEventListener("timeupdate", tick);
+  video.addEventListener("loadedmetadata", tick);
 
   fetch(config.vtt)
     .then((response) => {
