@@ -8,6 +8,7 @@ queued it, with a link too), and one per probe, ffmpeg run and storage call.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import grpc
@@ -57,7 +58,9 @@ class Tracing:
 
     @classmethod
     def with_processor(cls, processor: SpanProcessor, service_name: str = SERVICE_NAME) -> Tracing:
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        # OTEL_SERVICE_NAME, when set, names the service (Resource.create lets ours win otherwise).
+        attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+        provider = TracerProvider(resource=Resource.create(attributes))
         provider.add_span_processor(processor)
         return cls(provider)
 
