@@ -44,6 +44,11 @@ def chromium_path() -> str:
     pytest.fail("Chromium is not installed: run scripts/setup.sh --dev (Debian package chromium)")
 
 
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
 class Page:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, session_id: str) -> None:
         self.ws = ws
@@ -107,8 +112,7 @@ class Page:
         if clip is not None:
             params["clip"] = {**clip, "scale": 1}
         data = base64.b64decode((await self.send("Page.captureScreenshot", **params))["data"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        await asyncio.to_thread(_write, path, data)
         return data
 
     async def mouse(self, kind: str, x: float, y: float) -> None:

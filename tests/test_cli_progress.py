@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import pty
@@ -63,6 +64,12 @@ async def run_in_pty(args: list[str], timeout: float = 60) -> tuple[int, str]:
     return code, out.decode(errors="replace")
 
 
+def _sparse(path: Path, size: int) -> None:
+    """A file of ``size`` zero bytes, fast to make, still copied byte for byte."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+
 def request_file(tmp_path: Path, bucket: str) -> Path:
     path = tmp_path / "request.json"
     path.write_text(
@@ -110,7 +117,7 @@ async def test_submit_wait_prints_plain_lines_when_piped(
     assert counts == sorted(counts) and counts[-1] == 6
     assert re.fullmatch(r"job [0-9a-f]{32} Success  images 6/6  \d+\.\d s", lines[-1]), lines[-1]
     # One line per change: no line repeats the one before it.
-    assert all(a.rsplit("  ", 1)[0] != b.rsplit("  ", 1)[0] for a, b in zip(lines, lines[1:], strict=False))
+    assert all(a.rsplit("  ", 1)[0] != b.rsplit("  ", 1)[0] for a, b in itertools.pairwise(lines))
 
 
 async def test_watch_follows_a_running_job(app: App, data_dir: Path, bucket: str, videos: dict[str, Video]) -> None:
@@ -130,8 +137,7 @@ async def test_watch_follows_a_running_job(app: App, data_dir: Path, bucket: str
 async def test_put_of_a_large_file_shows_bytes_copied(tmp_path: Path) -> None:
     source = tmp_path / "big.bin"
     size = 20 * 1024 * 1024
-    with open(source, "wb") as f:
-        f.truncate(size)  # sparse: fast to make, still copied byte for byte
+    await asyncio.to_thread(_sparse, source, size)
     data = tmp_path / "data"
     code, out = await run_in_pty(
         [sys.executable, "-m", "client", "put", str(source), "bulk/big.bin", "--data-dir", str(data)]

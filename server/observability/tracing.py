@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -63,16 +62,6 @@ class Tracing:
         provider = TracerProvider(resource=Resource.create(attributes))
         provider.add_span_processor(processor)
         return cls(provider)
-
-    def server_interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
-        if self.provider is None:
-            return ()
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-        interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
-            tracer_provider=self.provider
-        )
-        return (interceptor,)
 
     def remember_submit(self, job_id: str) -> None:
         """Called while the SubmitSnapshotJob span is current: the job's run links to it."""

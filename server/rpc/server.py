@@ -97,6 +97,18 @@ def _refusal(error: MpsError) -> grpc.RpcMethodHandler[Any, Any]:
     return grpc.stream_stream_rpc_method_handler(refuse)
 
 
+def _tracing_interceptors(telemetry: Telemetry) -> tuple[aio.ServerInterceptor, ...]:
+    """The standard OpenTelemetry gRPC server interceptor, when tracing is on."""
+    if telemetry.tracing.provider is None:
+        return ()
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    interceptor: aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=telemetry.tracing.provider
+    )
+    return (interceptor,)
+
+
 def credentials(cert_file: str, key_file: str, client_ca_file: str) -> grpc.ServerCredentials:
     client_ca = Path(client_ca_file).read_bytes() if client_ca_file else None
     return grpc.ssl_server_credentials(
@@ -122,7 +134,7 @@ def build(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         # Tracing first, so the RPC's span is current while the call is admitted and handled.
         interceptors=(
-            *telemetry.tracing.server_interceptors(),
+            *_tracing_interceptors(telemetry),
             ReflectionAuth(guard.authenticator, client_certs_required),
         ),
     )
