@@ -188,9 +188,9 @@ class App:
         await self._server.start()
         await rpc_server.set_serving(self.health, True)
         self._health_task = asyncio.create_task(self._watch_store())
+        log.info("listening on %s (port %d), data in %s", s.listen, self.port, s.data_dir.resolve())
         if s.http_listen:
             await self._start_http(s.http_listen)
-        log.info("listening on %s (port %d), data in %s", s.listen, self.port, s.data_dir.resolve())
         return self.port
 
     def pipeline_load(self, pipeline_id: str) -> tuple[int, int]:

@@ -3,15 +3,23 @@ log lines, all from a real server (gRPC and HTTP over loopback, real ffmpeg)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 import pytest_asyncio
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -226,3 +234,89 @@ async def test_json_log_lines_carry_job_pipeline_request_and_trace(
 
 async def test_metrics_endpoint_absent_without_http_listen(app: App) -> None:
     assert app.http is None and app.http_port == 0
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real OTLP/gRPC trace receiver on loopback, keeping what it is sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> list[tuple[str, Any]]:
+        """(service name, span) of every span received."""
+        found = []
+        for request in self.requests:
+            for resource_spans in request.resource_spans:
+                service = next(
+                    a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"
+                )
+                for scope_spans in resource_spans.scope_spans:
+                    found.extend((service, span) for span in scope_spans.spans)
+        return found
+
+
+async def test_served_process_exports_otlp_logs_json_and_serves_metrics(
+    tmp_path: Path, videos: dict[str, Video]
+) -> None:
+    """`python -m server` configured by environment only: OTLP to a collector, JSON logs, /metrics."""
+    collector = Collector()
+    receiver = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
+    otlp_port = receiver.add_insecure_port("127.0.0.1:0")
+    await receiver.start()
+    put(tmp_path, "proc", "in.mp4", videos["tiny"].path)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("MPS_SNAPSHOT_", "OTEL_"))},
+        "MPS_SNAPSHOT_DATA_DIR": str(tmp_path),
+        "MPS_SNAPSHOT_LISTEN": "127.0.0.1:0",
+        "MPS_SNAPSHOT_HTTP_LISTEN": "127.0.0.1:0",
+        "MPS_SNAPSHOT_LOG_FORMAT": "json",
+        "MPS_SNAPSHOT_TRACE_EXPORTER": "otlp",
+        "MPS_SNAPSHOT_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stderr is not None
+    lines: list[dict[str, Any]] = []
+    try:
+        ports: dict[str, int] = {}
+        async with asyncio.timeout(30):
+            while len(ports) < 2:
+                raw = await proc.stderr.readline()
+                assert raw, "server exited early"
+                line = json.loads(raw)  # every line is JSON
+                lines.append(line)
+                if match := re.search(r"^(listening|HTTP).*\(port (\d+)\)", line["message"]):
+                    ports[match.group(1)] = int(match.group(2))
+        async with SnapshotClient(f"127.0.0.1:{ports['listening']}") as client:
+            submitted = await client.submit(submit_request("proc", "in.mp4", out="p/{Count}.jpg", interval=1, num=2))
+            final = await client.wait(submitted.snapshot_job.id, timeout=60)
+        assert final.state == "Success"
+        samples = await scrape(f"http://127.0.0.1:{ports['HTTP']}")
+        assert value(samples, "mps_snapshot_images_written_total", pipeline=final.pipeline_id) == 2
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            lines.extend(json.loads(raw) for raw in (await proc.stderr.read()).splitlines())
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        await receiver.stop(None)
+    ended = [x for x in lines if x["message"].startswith(f"job {final.id} ended Success")]
+    assert len(ended) == 1 and ended[0]["job_id"] == final.id and ended[0]["pipeline_id"] == final.pipeline_id
+    spans = collector.spans()
+    assert {service for service, _ in spans} == {"mps-snapshot"}
+    submit = [s for _, s in spans if s.name == "/mps.snapshot.v1.SnapshotService/SubmitSnapshotJob"]
+    runs = [s for _, s in spans if s.name == "job.run"]
+    assert len(submit) == 1 and len(runs) == 1
+    assert runs[0].parent_span_id == submit[0].span_id and runs[0].trace_id == submit[0].trace_id
+    assert ended[0]["trace_id"] == submit[0].trace_id.hex()
+    assert any(s.name == "ffprobe.probe" and s.trace_id == submit[0].trace_id for _, s in spans)
