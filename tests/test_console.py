@@ -106,7 +106,23 @@ async def test_jobs_and_pipelines_pages(console: Console, tmp_path: Path) -> Non
         assert cells[0][2] == "Active" and cells[0][3].startswith("0/") and cells[0][4].startswith("0/")
 
 
-async def test_jobs_list_is_paged(console: Console) -> None:
+async def test_jobs_list_is_paged(console: Console, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import server.console
+
+    monkeypatch.setattr(server.console, "PAGE_SIZE", 1)
+    seen = []
+    async with browser(tmp_path / "profile") as page:
+        await page.navigate(console.base + "/console/jobs")
+        while True:
+            seen += await page.evaluate(
+                "[...document.querySelectorAll('table.jobs tbody tr')].map(r => r.cells[0].innerText)"
+            )
+            if not await page.evaluate("!!document.querySelector('a[rel=next]')"):
+                break
+            await page.navigate(
+                console.base + await page.evaluate("document.querySelector('a[rel=next]').getAttribute('href')")
+            )
+    assert len(seen) == 2 and console.job.id in seen and len(set(seen)) == 2
     async with aiohttp.ClientSession() as http:
         async with http.get(console.base + "/console/jobs?state=Bogus") as response:
             assert response.status == 400 and "State 'Bogus' is unknown" in await response.text()
