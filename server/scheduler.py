@@ -19,7 +19,7 @@ from server.domain.models import Job, JobState, Pipeline, PipelineState
 from server.domain.validation import ValidRequest
 from server.jobs import JobService, now
 from server.notify import NotificationService
-from server.observability.logging import set_job
+from server.observability.logging import principal_var, set_job
 from server.pipelines import PipelineRegistry
 from server.runner import JobRunner
 
@@ -116,6 +116,8 @@ class Scheduler:
         self.runtimes: dict[str, PipelineRuntime] = {}
         self.running: dict[str, asyncio.Task[Job]] = {}
         self._cancel_requested: set[str] = set()
+        #: Who submitted each queued job, for its run's log lines (memory only: not after a restart).
+        self._submitters: dict[str, str] = {}
         self._stopping = False
         jobs.submit_async = self.submit
         jobs.cancel_async = self.cancel
@@ -173,6 +175,7 @@ class Scheduler:
             runtime.reserved -= 1
         runtime.queue.put_nowait(job.id)
         self.jobs.telemetry.tracing.remember_submit(job.id)
+        self._submitters[job.id] = principal_var.get()
         return job
 
     async def execute(self, job_id: str) -> None:
@@ -199,6 +202,7 @@ class Scheduler:
 
     async def _run(self, job: Job) -> Job:
         set_job(job.id, job.pipeline_id)  # this task's log context
+        principal_var.set(self._submitters.pop(job.id, ""))
         tracing = self.jobs.telemetry.tracing
         parent, links = tracing.job_run_context(job.id)
         with tracing.tracer.start_as_current_span(

@@ -4,6 +4,7 @@ log lines, all from a real server (gRPC and HTTP over loopback, real ffmpeg)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import json
 import logging
@@ -29,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from client import MpsApiError, SnapshotClient
 from server.app import App
 from server.config import load
-from server.observability.logging import ContextFilter, JsonFormatter
+from server.observability.logging import ContextFilter, JsonFormatter, TextFormatter, set_job
 from server.observability.tracing import Tracing
 from tests.conftest import put
 from tests.media import Video
@@ -228,6 +229,7 @@ async def test_json_log_lines_carry_job_pipeline_request_and_trace(
     ended = [line for line in lines if line["message"].startswith(f"job {job_id} ended Success")]
     assert len(ended) == 1
     assert ended[0]["job_id"] == job_id and ended[0]["pipeline_id"] == final.pipeline_id
+    assert ended[0]["principal"] == "anonymous"  # the submitter, carried to the async run
     # The run is a child of the Submit span: the same trace id on both lines.
     assert ended[0]["trace_id"] == submit[0]["trace_id"]
 
@@ -320,3 +322,29 @@ async def test_served_process_exports_otlp_logs_json_and_serves_metrics(
     assert runs[0].parent_span_id == submit[0].span_id and runs[0].trace_id == submit[0].trace_id
     assert ended[0]["trace_id"] == submit[0].trace_id.hex()
     assert any(s.name == "ffprobe.probe" and s.trace_id == submit[0].trace_id for _, s in spans)
+
+
+def test_text_lines_name_the_job_and_the_trace() -> None:
+    tracing = Tracing.with_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(TextFormatter())
+    logger = logging.getLogger("tests.text_format")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+    def emit() -> str:
+        set_job("5f0c" * 8, "pipe-1")
+        with tracing.tracer.start_as_current_span("job.run") as span:
+            logger.warning("disk %s", "slow")
+            return format(span.get_span_context().trace_id, "032x")
+
+    try:
+        trace_id = contextvars.copy_context().run(emit)
+        logger.warning("outside any job")
+    finally:
+        logger.removeHandler(handler)
+    first, second = stream.getvalue().splitlines()
+    assert first.endswith(f"WARNING tests.text_format [-] disk slow (job {'5f0c' * 8}) trace={trace_id}")
+    assert second.endswith("WARNING tests.text_format [-] outside any job")

@@ -68,7 +68,8 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The classic line, with the job id appended when the record concerns a job."""
+    """The classic line, with the job id appended when the record concerns a job, and the
+    trace id when tracing is on."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
@@ -76,7 +77,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         job_id = getattr(record, "job_id", "")
-        return f"{text} (job {job_id})" if job_id and job_id not in text else text
+        if job_id and job_id not in text:
+            text += f" (job {job_id})"
+        trace_id = getattr(record, "trace_id", "")
+        return f"{text} trace={trace_id}" if trace_id else text
 
 
 def configure(level: str, fmt: str = "text") -> None:
