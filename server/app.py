@@ -19,9 +19,13 @@ from server.http.mps_rpc import MpsRpc
 from server.jobs import JobService
 from server.media.engine import MediaEngine
 from server.notify import HttpNotifier, NotificationService
+from server.observability import Telemetry
+from server.observability import logging as log_setup
+from server.observability.metrics import Metrics
+from server.observability.storage import ObservedStore
+from server.observability.tracing import Tracing
 from server.pipelines import PipelineRegistry
 from server.rpc import server as rpc_server
-from server.rpc.calls import RequestIdFilter
 from server.runner import JobRunner
 from server.scheduler import Scheduler
 from server.security import bootstrap
@@ -38,13 +42,8 @@ from server.store.sqlite import SqliteStore
 log = logging.getLogger("mps_snapshot")
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def configure_logging(level: str, fmt: str = "text") -> None:
+    log_setup.configure(level, fmt)
 
 
 def build_router(settings: Settings, local: LocalStore) -> StorageRouter:
@@ -120,15 +119,20 @@ def build_guard(settings: Settings) -> Guard:
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.port = 0
+        #: The HTTP listener's port (0: none configured).
+        self.http_port = 0
+        self.http: HttpListener | None = None
+        # Tests pass their own Tracing (an in-memory exporter); otherwise the settings decide.
+        self.telemetry = Telemetry(
+            Metrics(), tracing or Tracing.from_settings(settings.trace_exporter, settings.otlp_endpoint)
+        )
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
         self._health_task: asyncio.Task[None] | None = None
-        self.http: HttpListener | None = None
         self.mps_rpc: MpsRpc | None = None
-        self.http_port = 0
 
     async def start(self) -> int:
         s = self.settings = with_bootstrap_key(self.settings)
@@ -139,6 +143,11 @@ class App:
         self.local.sweep()
         self.router = build_router(s, self.local)
         await open_stores(r.store for r in self.router.routes)
+        backends = {id(self.local): "local"}
+        self.router.routes = [
+            Route(r.pattern, ObservedStore(r.store, backends.get(id(r.store), "s3"), self.telemetry))
+            for r in self.router.routes
+        ]
         self.engine = MediaEngine(
             ffmpeg=s.resolved_ffmpeg(),
             ffprobe=s.resolved_ffprobe(),
@@ -152,6 +161,7 @@ class App:
             max_input_pixels=s.max_input_pixels,
             max_duration_s=s.max_duration_s,
             sync_reserved=s.sync_reserved_processes,
+            telemetry=self.telemetry,
         )
         self.engine.sweep()
         self.pipelines = PipelineRegistry(
@@ -165,6 +175,7 @@ class App:
             pipelines=self.pipelines,
             sync_timeout_s=s.sync_timeout_s,
             max_sprite_pixels=s.max_sprite_pixels,
+            telemetry=self.telemetry,
         )
         self.notifications = NotificationService(
             jobs=self.jobs,
@@ -198,6 +209,7 @@ class App:
             reflection_enabled=s.reflection,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             client_certs_required=tls and bool(s.tls_client_ca_file),
+            telemetry=self.telemetry,
         )
         if tls:
             creds = rpc_server.credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
@@ -214,16 +226,52 @@ class App:
         log.info("listening on %s (port %d), data in %s", s.listen, self.port, s.data_dir.resolve())
         return self.port
 
+    def pipeline_load(self, pipeline_id: str) -> tuple[int, int]:
+        """(waiting, running) async jobs of a pipeline."""
+        runtime = self.scheduler.runtimes.get(pipeline_id)
+        return (runtime.waiting, runtime.busy) if runtime is not None else (0, 0)
+
+    async def _refresh_gauges(self, metrics: Metrics) -> None:
+        metrics.jobs.clear()
+        for (state, pipeline), count in (await self.store.count_by_state()).items():
+            metrics.jobs.labels(state, pipeline).set(count)
+        metrics.queue_depth.clear()
+        metrics.running_jobs.clear()
+        for pipeline_id in self.scheduler.runtimes:
+            waiting, running = self.pipeline_load(pipeline_id)
+            metrics.queue_depth.labels(pipeline_id).set(waiting)
+            metrics.running_jobs.labels(pipeline_id).set(running)
+
     async def _start_http(self) -> None:
-        """The HTTP listener (MPS's HTTP RPC protocol on /; other routes mount beside it)."""
+        """The HTTP listener: MPS's HTTP RPC protocol on /, Prometheus metrics on /metrics and
+        the web console on /console/."""
+        from server import console
+        from server.observability import metrics
+
         s = self.settings
         tls = tls_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file) if s.tls_cert_file else None
         self.http = HttpListener(s.http_listen, shutdown_grace_s=s.shutdown_grace_s, ssl_context=tls)
+        self.telemetry.metrics.refreshers.append(self._refresh_gauges)
+        self.http.mount(lambda web_app: metrics.add_routes(web_app, self.telemetry.metrics))
+        self.http.mount(
+            lambda web_app: console.add_routes(
+                web_app,
+                console.Console(
+                    jobs=self.jobs,
+                    pipelines=self.pipelines,
+                    router=self.router,
+                    guard=self.guard,
+                    metrics=self.telemetry.metrics,
+                    load=self.pipeline_load,
+                    url_expiry_s=s.console_url_expiry_s,
+                ),
+            )
+        )
         self.mps_rpc = MpsRpc(self.jobs, self.pipelines, self.guard, max_in_flight=s.max_concurrent_rpcs)
         self.http.mount(self.mps_rpc.add_routes)
         self.http.fallback(self.mps_rpc.not_found)
         self.http_port = await self.http.start()
-        log.info("HTTP RPC listening on %s (http port %d)", s.http_listen, self.http_port)
+        log.info("HTTP (MPS RPC on /, /metrics, /console/) on %s (port %d)", s.http_listen, self.http_port)
 
     async def _watch_store(self) -> None:
         # Health follows the job store: a server that cannot record jobs is not serving.
@@ -253,6 +301,7 @@ class App:
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
         await self.router.close()
         await self.store.close()
+        self.telemetry.tracing.shutdown()
         log.info("stopped")
 
     async def serve_forever(self) -> None:

@@ -90,7 +90,8 @@ class Settings:
     #: Address the gRPC server listens on (HOST:PORT; port 0 picks a free port).
     listen: str = "127.0.0.1:50051"
     #: Address of the HTTP listener (MPS's HTTP RPC protocol on ``/``, for Alibaba Cloud's
-    #: SDKs and CLI; docs/mps-compatibility.md); empty: no HTTP listener.
+    #: SDKs and CLI, docs/mps-compatibility.md; Prometheus metrics on ``/metrics``; the web
+    #: console on ``/console/``); empty: no HTTP listener.
     http_listen: str = ""
     #: Root of the embedded storage (one folder per bucket) and of the SQLite job store.
     data_dir: Path = Path("data")
@@ -161,6 +162,15 @@ class Settings:
     max_concurrent_rpcs: int = 1000
     #: Log level name.
     log_level: str = "INFO"
+    #: Log lines: "text" (readable) or "json" (one object a line with request, job, pipeline,
+    #: principal and trace ids; docs/operations.md).
+    log_format: str = "text"
+    #: Tracing: "none" (off), "otlp" (OTLP over gRPC to ``otlp_endpoint``, or the standard
+    #: OTEL_EXPORTER_OTLP_* variables when empty) or "console" (spans printed to stderr).
+    trace_exporter: str = "none"
+    otlp_endpoint: str = ""
+    #: Lifetime of the signed media URLs the console hands to the browser, in seconds.
+    console_url_expiry_s: int = 600
     #: Storage routes, tried in order (from the TOML file's [[storage]] tables).
     storage: tuple[StorageRoute, ...] = (StorageRoute(),)
 

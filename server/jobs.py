@@ -26,6 +26,8 @@ from server.events import JobEvents
 from server.ids import new_id
 from server.media.argv import Encoding
 from server.media.engine import MediaEngine, Priority
+from server.observability import Telemetry
+from server.observability.logging import set_job
 from server.pipelines import PipelineRegistry
 from server.storage.base import ObjectInfo, ObjectStore
 from server.storage.router import StorageRouter
@@ -65,7 +67,9 @@ class JobService:
         pipelines: PipelineRegistry,
         sync_timeout_s: float,
         max_sprite_pixels: int = 128_000_000,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.store = store
         self.router = router
         self.engine = engine
@@ -83,6 +87,8 @@ class JobService:
         """Commit a job change, then tell its watchers."""
         await self.store.put_job(job)
         self.events.publish(kind, job)
+        # A final job is saved again only to record its notification's result.
+        self.telemetry.metrics.job_saved(job, previous_finished=job.notify_result is not None)
         return job
 
     async def submit(
@@ -140,6 +146,8 @@ class JobService:
             pipeline_id=pipeline.id,
             is_async=valid.is_async,
         )
+        set_job(job.id, job.pipeline_id)
+        submitted = self.telemetry.metrics.jobs_submitted
         if valid.is_async:
             if valid.config.tile_out is not None:
                 await self._check_sprites(valid, in_store, head, time_remaining)
@@ -147,7 +155,10 @@ class JobService:
                 raise InvalidParameter(
                     "Asynchronous jobs are not enabled on this server.", code="InvalidParameter.NotSupported"
                 )
-            return await self.submit_async(job, valid)
+            job = await self.submit_async(job, valid)
+            submitted.labels(job.pipeline_id, "async").inc()
+            return job
+        submitted.labels(job.pipeline_id, "sync").inc()
         return await self._run_sync(job, valid, in_store, head, time_remaining)
 
     async def _check_sprites(

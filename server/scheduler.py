@@ -19,6 +19,7 @@ from server.domain.models import Job, JobState, Pipeline, PipelineState
 from server.domain.validation import ValidRequest
 from server.jobs import JobService, now
 from server.notify import NotificationService
+from server.observability.logging import principal_var, set_job
 from server.pipelines import PipelineRegistry
 from server.runner import JobRunner
 
@@ -43,6 +44,8 @@ class PipelineRuntime:
         self.reserved = 0
         self.active = asyncio.Event()
         self.workers: set[asyncio.Task[None]] = set()
+        #: Workers running a job now (the running-jobs gauge).
+        self.busy = 0
         self.closed = False
         self.apply(pipeline)
 
@@ -81,7 +84,11 @@ class PipelineRuntime:
             job_id = await self._next()
             if job_id is None:
                 return
-            await self.scheduler.execute(job_id)
+            self.busy += 1
+            try:
+                await self.scheduler.execute(job_id)
+            finally:
+                self.busy -= 1
 
     async def close(self) -> None:
         self.closed = True
@@ -109,6 +116,8 @@ class Scheduler:
         self.runtimes: dict[str, PipelineRuntime] = {}
         self.running: dict[str, asyncio.Task[Job]] = {}
         self._cancel_requested: set[str] = set()
+        #: Who submitted each queued job, for its run's log lines (memory only: not after a restart).
+        self._submitters: dict[str, str] = {}
         self._stopping = False
         jobs.submit_async = self.submit
         jobs.cancel_async = self.cancel
@@ -165,6 +174,8 @@ class Scheduler:
         finally:
             runtime.reserved -= 1
         runtime.queue.put_nowait(job.id)
+        self.jobs.telemetry.tracing.remember_submit(job.id)
+        self._submitters[job.id] = principal_var.get()
         return job
 
     async def execute(self, job_id: str) -> None:
@@ -190,6 +201,23 @@ class Scheduler:
         self.notifications.job_finished(final)
 
     async def _run(self, job: Job) -> Job:
+        set_job(job.id, job.pipeline_id)  # this task's log context
+        principal_var.set(self._submitters.pop(job.id, ""))
+        tracing = self.jobs.telemetry.tracing
+        parent, links = tracing.job_run_context(job.id)
+        with tracing.tracer.start_as_current_span(
+            "job.run",
+            context=parent,
+            links=links,
+            attributes={"mps.job_id": job.id, "mps.pipeline_id": job.pipeline_id, "mps.attempt": job.attempts + 1},
+        ) as span:
+            final = await self._attempt(job)
+            span.set_attribute("mps.job.state", final.state.value)
+            if final.code:
+                span.set_attribute("mps.job.code", final.code)
+            return final
+
+    async def _attempt(self, job: Job) -> Job:
         job = await self.jobs.save(dataclasses.replace(job, state=JobState.SNAPSHOTING, attempts=job.attempts + 1))
         try:
             return await self.runner.run(job)

@@ -35,8 +35,9 @@ from server.domain.errors import InternalError, InvalidParameter, MpsError, Thro
 from server.http import signing, wire
 from server.ids import new_request_id
 from server.jobs import JobService
+from server.observability.logging import request_id_var
 from server.pipelines import PipelineRegistry
-from server.rpc.calls import Call, request_id_var
+from server.rpc.calls import Call
 from server.rpc.errors import http_status_for
 from server.rpc.pipeline_servicer import PipelineServicer
 from server.rpc.snapshot_servicer import SnapshotServicer

@@ -10,6 +10,7 @@ from client.api import snapshot_service_pb2 as sps
 from client.api import snapshot_service_pb2_grpc as sps_grpc
 from server.domain.errors import MpsError
 from server.jobs import JobService
+from server.observability import Telemetry
 from server.rpc import converters
 from server.rpc.calls import Call, server_stream, time_remaining, unary
 from server.security.guard import Guard
@@ -26,7 +27,8 @@ _KIND = {
 class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
     SERVICE = "mps.snapshot.v1.SnapshotService"
 
-    def __init__(self, jobs: JobService, guard: Guard) -> None:
+    def __init__(self, jobs: JobService, guard: Guard, telemetry: Telemetry | None = None) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.jobs = jobs
         self.guard = guard
 

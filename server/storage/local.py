@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from server.domain.errors import InvalidParameter, ResourceNotFound
@@ -63,16 +64,21 @@ class LocalStore:
     async def input_handle(self, bucket: str, key: str) -> InputHandle:
         return InputHandle(url="file:" + str(self.path(bucket, key).resolve()), protocols=("file",))
 
-    async def put_file(self, bucket: str, key: str, path: Path, content_type: str) -> None:
-        await asyncio.to_thread(self._put, self.path(bucket, key), path)
+    async def put_file(
+        self, bucket: str, key: str, path: Path, content_type: str, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """``progress`` (called from a worker thread) gets the bytes copied after each chunk."""
+        await asyncio.to_thread(self._put, self.path(bucket, key), path, progress)
 
-    def _put(self, dest: Path, src: Path) -> None:
+    def _put(self, dest: Path, src: Path, progress: Callable[[int], None] | None = None) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.uploads / f"{uuid.uuid4().hex}.part"
         try:
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
                 while chunk := fin.read(1 << 20):
                     fout.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
                 fout.flush()
                 os.fsync(fout.fileno())
             # rename is atomic: readers see the old object or the whole new one.

@@ -163,6 +163,13 @@ class SqliteStore:
         )
         return int(row[0])
 
+    async def count_by_state(self) -> dict[tuple[str, str], int]:
+        """Jobs per (state, pipeline id), for the metrics gauge."""
+        rows = await self._call(
+            lambda c: c.execute("SELECT state, pipeline_id, COUNT(*) FROM jobs GROUP BY state, pipeline_id").fetchall()
+        )
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
     # Idempotency tokens
 
     async def get_token(self, principal: str, token: str, since: datetime) -> tuple[str, str] | None:
