@@ -32,6 +32,7 @@ from server.media.hardening import (
     AUDIO_DECODERS,
     FORMAT_WHITELIST,
     MAX_PIXELS,
+    PICTURE_DECODERS,
     SUBTITLE_DECODERS,
     VIDEO_DECODERS,
 )
@@ -175,7 +176,9 @@ def check_argv(name: str, argv: list[str], url: str, protocols: tuple[str, ...])
         assert formats == ",".join(FORMAT_WHITELIST)
         assert not FORBIDDEN_DEMUXERS & set(formats.split(","))
         assert not any(f.endswith("_pipe") for f in formats.split(","))
-        assert _value(segment, "-codec_whitelist") == ",".join(VIDEO_DECODERS + AUDIO_DECODERS + SUBTITLE_DECODERS)
+        assert _value(segment, "-codec_whitelist") == ",".join(
+            VIDEO_DECODERS + AUDIO_DECODERS + SUBTITLE_DECODERS + PICTURE_DECODERS
+        )
         assert _value(segment, "-max_pixels") == str(MAX_PIXELS)
     if ffmpeg and name != "black-scan":  # the scan writes no file
         assert "-an" in argv and "-sn" in argv

@@ -265,3 +265,22 @@ def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[s
         "-i",
         url,
     ]
+
+
+def packets_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
+    """Every video packet's time and duration (no decoding): the end of a file without a duration."""
+    return [
+        ffprobe,
+        "-hide_banner",
+        "-v",
+        "error",
+        *input_options(protocols),
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "packet=pts_time,duration_time",
+        "-of",
+        "csv=p=0",
+        "-i",
+        url,
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import shutil
 import tempfile
@@ -195,6 +196,16 @@ class MediaEngine:
                 self.probe_limits,
                 cwd=str(folder),
             )
+            if info.duration_s <= 0:
+                end = await probe_mod.probe_end(
+                    self.ffprobe,
+                    handle.url,
+                    handle.protocols,
+                    info.start_time_s,
+                    self.limits(wall_seconds),
+                    cwd=str(folder),
+                )
+                info = dataclasses.replace(info, duration_s=end)
         self._probes[cache_key] = info
         while len(self._probes) > self._probe_cap:
             self._probes.popitem(last=False)
