@@ -104,7 +104,7 @@ async def _client_command(args: argparse.Namespace) -> int:
             response = await client.submit(json.loads(args.text))
             _print(response)
             if args.wait and response.snapshot_job.state not in ("Success", "Fail"):
-                with JobProgress(sys.stdout) as progress:
+                with JobProgress(sys.stderr) as progress:
                     final = await client.wait(
                         response.snapshot_job.id, on_event=lambda e: progress.update(e.snapshot_job)
                     )
@@ -118,7 +118,7 @@ async def _client_command(args: argparse.Namespace) -> int:
                 async for event in client.watch(args.id):
                     _print(event)
                 return 0
-            with JobProgress(sys.stdout) as progress:
+            with JobProgress(sys.stderr) as progress:
                 final = await client.wait(args.id, on_event=lambda e: progress.update(e.snapshot_job))
             _print(final)
             return 0
@@ -143,7 +143,7 @@ def _put(args: argparse.Namespace) -> int:
     store = LocalStore(settings.data_dir)
     size = source.stat().st_size
     if size >= PUT_PROGRESS_BYTES:
-        with CopyProgress(sys.stdout, size, source.name) as copy:
+        with CopyProgress(sys.stderr, size, source.name) as copy:
             asyncio.run(store.put_file(bucket, key, source, "application/octet-stream", progress=copy.advance))
     else:
         asyncio.run(store.put_file(bucket, key, source, "application/octet-stream"))
