@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 
 from server.domain.errors import Forbidden, Throttled
 from server.security.authn import Authenticator, Principal
-from server.security.policy import ACTIONS, is_allowed
+from server.security.policy import ACTIONS, is_allowed, may_ever
 from server.security.ratelimit import LIMIT_CLASS, RateLimiter
 
 
@@ -30,6 +30,18 @@ class Guard:
                 retry_after=wait,
             )
         return principal
+
+    def allowed(self, principal: Principal, method: str, resources: tuple[str, ...]) -> bool:
+        return is_allowed(principal.statements, ACTIONS[method], resources)
+
+    def authorize_action(self, principal: Principal, method: str) -> None:
+        """Refuse a caller whose policies never allow the method's action on anything."""
+        action = ACTIONS[method]
+        if not may_ever(principal.statements, action):
+            raise Forbidden(
+                f"{principal.name} is not allowed to perform {action}; ask for a policy that allows it "
+                "(an explicit Deny overrides any Allow)."
+            )
 
     def authorize(self, principal: Principal, method: str, resources: tuple[str, ...]) -> None:
         action = ACTIONS[method]
