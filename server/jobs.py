@@ -306,6 +306,7 @@ class JobService:
         out = valid.output_file
         out_store = self.router.store_for(out, "snapshot_config.output_file")
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
+        validation.check_not_input(valid, out.bucket, key, "snapshot_config.output_file.object")
         async with self.engine.workdir(job.id) as workdir:
             frame = await self.engine.snapshot(
                 handle,

@@ -396,6 +396,7 @@ class _Outputs:
             key = valid.output_name.render(
                 input_key=valid.input_key, count=len(self.images) + 1, snapshot_time_ms=point.time_ms
             )
+            validation.check_not_input(valid, valid.output_file.bucket, key, "snapshot_config.output_file.object")
             self.written.items.append((self.out_store, valid.output_file.bucket, key))
             await self.out_store.put_file(valid.output_file.bucket, key, frame.path, "image/jpeg")
             self.images.append(
@@ -445,6 +446,7 @@ class _Outputs:
         await asyncio.to_thread(canvas.save, path)
         key = self._sprite_key(number)
         bucket = config.tile_output_file.bucket
+        validation.check_not_input(self.valid, bucket, key, "snapshot_config.tile_output_file.object")
         self.written.items.append((self.tile_store, bucket, key))
         await self.tile_store.put_file(bucket, key, path, "image/jpeg")
         path.unlink(missing_ok=True)
@@ -503,6 +505,7 @@ class _Outputs:
         self, store: ObjectStore, bucket: str, key: str, text: str, content_type: str, workdir: Path
     ) -> None:
         path = workdir / f"text-{len(self.written.items)}"
+        validation.check_not_input(self.valid, bucket, key, "snapshot_config.output_file.object")
         await asyncio.to_thread(path.write_text, text, "utf-8")
         self.written.items.append((store, bucket, key))
         await store.put_file(bucket, key, path, content_type)

@@ -21,7 +21,7 @@ class Guard:
         self._watches: Counter[str] = Counter()
 
     def admit(self, method: str, full_method: str, metadata: Mapping[str, str], cert_cn: str | None) -> Principal:
-        principal = self.authenticator.authenticate(metadata, full_method, cert_cn)
+        principal = self.authenticator.authenticate(metadata, full_method, cert_cn, consume=False)
         wait = self.limiter.check(principal.name, LIMIT_CLASS.get(method, "other"))
         if wait:
             raise Throttled(
@@ -29,6 +29,9 @@ class Guard:
                 f"{LIMIT_CLASS.get(method)} rate limit; retry in {wait:.2f} s.",
                 retry_after=wait,
             )
+        # Only an admitted call uses up its nonce: a throttled one did nothing, and storing
+        # its nonce would let a flood fill the store at no cost.
+        self.authenticator.consume_nonce(metadata)
         return principal
 
     def allowed(self, principal: Principal, method: str, resources: tuple[str, ...]) -> bool:
