@@ -50,5 +50,7 @@ def from_exception(exc: BaseException) -> MpsError | None:
     """The service fault an unexpected exception stands for, if any (a full disk met by a
     work folder, a sprite canvas or a text file being written)."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull("The server's work disk is full; this is not a fault of the input; retry later.", retry_after=5.0)
+        return DiskFull(
+            "The server's work disk is full; this is not a fault of the input; retry later.", retry_after=5.0
+        )
     return None

@@ -283,7 +283,8 @@ class JobService:
         try:
             return await self._capture_one(job, valid, in_store, head, written, limit)
         except ResourceContentBad as exc:
-            raise await faults.explain(exc, in_store, valid.input.bucket, valid.input_key, self.engine.tmp_dir) from None
+            work = self.engine.tmp_dir
+            raise await faults.explain(exc, in_store, valid.input.bucket, valid.input_key, work) from None
 
     async def _capture_one(
         self,

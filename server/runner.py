@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from pathlib import Path
 
-from server.domain import extraction, planning, sprites, validation
 from server import faults
+from server.domain import extraction, planning, sprites, validation
 from server.domain.errors import InternalError, MpsError, ResourceContentBad, ServiceFault
 from server.domain.models import FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
@@ -137,7 +137,8 @@ class JobRunner:
         try:
             return await self._capture(job, written, valid, in_store, out_store, head)
         except ResourceContentBad as exc:
-            raise await faults.explain(exc, in_store, valid.input.bucket, valid.input_key, self.engine.tmp_dir) from None
+            work = self.engine.tmp_dir
+            raise await faults.explain(exc, in_store, valid.input.bucket, valid.input_key, work) from None
 
     async def _capture(
         self,

@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
-import sqlite3
 import statistics
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import grpc
 import pytest
 import pytest_asyncio
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import MpsApiError, SnapshotClient
 from client.api import pipeline_service_pb2 as pps
@@ -37,12 +31,10 @@ from client.api import snapshot_service_pb2 as sps
 from client.api import snapshot_service_pb2_grpc as sps_grpc
 from client.auth import derive_key, signature_metadata
 from server.app import App
-from server.config import PrincipalConfig, StatementConfig, StorageRoute, load
-from tests.children import ServerProcess
+from server.config import PrincipalConfig, StatementConfig, load
 from tests.conftest import put
 from tests.media import Video
-from tests.s3util import MotoServer
-from tests.test_async_jobs import live_ffmpeg, submit_request
+from tests.test_async_jobs import submit_request
 from tests.test_security import expect
 
 SECRETS = {

@@ -140,7 +140,9 @@ def classify(result: Result) -> Result:
             retry_after=5.0,
         )
     if result.returncode != 0 and _DISK_FULL in result.stderr:
-        raise DiskFull("The server's work disk is full; this is not a fault of the input; retry later.", retry_after=5.0)
+        raise DiskFull(
+            "The server's work disk is full; this is not a fault of the input; retry later.", retry_after=5.0
+        )
     return result
 
 
