@@ -10,6 +10,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from server import faults
 from server.domain import planning, sprites, validation
@@ -84,6 +85,7 @@ class JobService:
         #: failed with ServiceUnavailable (and the stop waits for these records).
         self.draining = False
         self._recording: set[asyncio.Future[None]] = set()
+        self._sync_tasks: set[asyncio.Task[Any]] = set()
         #: Told of every service fault a job meets (the health monitor listens).
         self.fault_listeners: list[Callable[[MpsError], None]] = []
         #: Set by the scheduler: commits and queues an async job.
@@ -93,6 +95,12 @@ class JobService:
 
     async def wait_recorded(self, timeout: float) -> None:
         """Wait (bounded) until cut-off sync snapshots are recorded, before the store closes."""
+        running = {t for t in self._sync_tasks if not t.done()}
+        for task in running:
+            task.cancel()  # the port is closed: what still runs is cut off (and recorded)
+        pending: set[asyncio.Future[Any]] = {*running, *self._recording}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
         if self._recording:
             await asyncio.wait(list(self._recording), timeout=timeout)
 
@@ -207,6 +215,23 @@ class JobService:
         head: ObjectInfo,
         time_remaining: float | None,
     ) -> Job:
+        me = asyncio.current_task()
+        if me is not None:
+            self._sync_tasks.add(me)
+        try:
+            return await self._run_sync_in(job, valid, in_store, head, time_remaining)
+        finally:
+            if me is not None:
+                self._sync_tasks.discard(me)
+
+    async def _run_sync_in(
+        self,
+        job: Job,
+        valid: validation.ValidRequest,
+        in_store: ObjectStore,
+        head: ObjectInfo,
+        time_remaining: float | None,
+    ) -> Job:
         limit = self.sync_timeout_s
         if time_remaining is not None:
             limit = min(limit, time_remaining - _DEADLINE_MARGIN_S)
@@ -257,15 +282,23 @@ class JobService:
                 # learns the first fault; no job id, as no job was recorded.
                 log.warning("sync snapshot %s: failure not recorded: %s", job.id, unrecorded)
             raise error
-        await asyncio.shield(self.save(job))
+        try:
+            await asyncio.shield(self.save(job))
+        except ServiceFault:
+            # Not recorded: take the snapshot back, so a failed call leaves nothing behind.
+            await asyncio.shield(self._remove(job, written))
+            raise
         return job
 
-    async def _fail(self, job: Job, error: MpsError, written: list[tuple[ObjectStore, str, str]]) -> None:
+    async def _remove(self, job: Job, written: list[tuple[ObjectStore, str, str]]) -> None:
         for store, bucket, key in written:
             try:
                 await store.delete(bucket, key)
             except Exception:
                 log.exception("could not remove %s/%s of failed job %s", bucket, key, job.id)
+
+    async def _fail(self, job: Job, error: MpsError, written: list[tuple[ObjectStore, str, str]]) -> None:
+        await self._remove(job, written)
         failed = dataclasses.replace(
             job, state=JobState.FAIL, code=error.code, message=error.message, count=0, images=(), finish_time=now()
         )
@@ -422,6 +455,11 @@ def _older(job: Job, last: Job) -> bool:
         return True
     if job.state.finished:
         return False
-    rank = _PROGRESS_RANK.get(job.state, 2), len(job.images), len(job.sprites)
-    seen = _PROGRESS_RANK.get(last.state, 2), len(last.images), len(last.sprites)
-    return rank < seen
+    return _rank(job) < _rank(last)
+
+
+def _rank(job: Job) -> tuple[int, int, int, int]:
+    if job.state is JobState.SUBMITTED and job.code:
+        # Given back after a service fault: after everything of that attempt, before the next.
+        return job.attempts, 3, 0, 0
+    return job.attempts, _PROGRESS_RANK.get(job.state, 2), len(job.images), len(job.sprites)

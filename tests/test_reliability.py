@@ -11,17 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
+import sqlite3
 import statistics
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aioboto3
 import grpc
 import pytest
 import pytest_asyncio
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import MpsApiError, SnapshotClient
 from client.api import pipeline_service_pb2 as pps
@@ -31,10 +36,12 @@ from client.api import snapshot_service_pb2 as sps
 from client.api import snapshot_service_pb2_grpc as sps_grpc
 from client.auth import derive_key, signature_metadata
 from server.app import App
-from server.config import PrincipalConfig, StatementConfig, load
+from server.config import PrincipalConfig, StatementConfig, StorageRoute, load
+from tests.children import ServerProcess
 from tests.conftest import put
 from tests.media import Video
-from tests.test_async_jobs import submit_request
+from tests.s3util import FaultProxy, MotoServer
+from tests.test_async_jobs import live_ffmpeg, submit_request
 from tests.test_security import expect
 
 SECRETS = {
@@ -354,3 +361,260 @@ async def test_symlinked_bucket_or_folder_is_refused(
         client.submit(request(bucket, "sub/v.mp4", bucket, "o.jpg")), denied, "PermissionDenied.ResourceAccess"
     )
     assert sorted(p.name for p in outside.iterdir()) == ["v.mp4"]  # nothing written outside
+
+
+# 3. Service faults are not bad input: internal/unavailable codes, retries, health.
+
+
+async def _health(port: int) -> str:
+    async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+
+async def _health_becomes(port: int, status: str, within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while await _health(port) != status:
+            await asyncio.sleep(0.05)
+
+
+async def test_health_is_not_serving_while_the_job_store_cannot_write(tmp_path: Path, videos: dict[str, Video]) -> None:
+    app = App(load(env={}, listen="127.0.0.1:0", data_dir=tmp_path, health_interval_s=0.2))
+    await app.start()
+    try:
+        put(tmp_path, "rdonly", "v.mp4", videos["tiny"].path)
+        async with SnapshotClient(f"127.0.0.1:{app.port}") as c:
+            assert await c.health() == "SERVING"
+            await app.store._call(lambda conn: conn.execute("PRAGMA query_only=1"))  # writes now fail
+            await _health_becomes(app.port, "NOT_SERVING")
+            unavailable = grpc.StatusCode.UNAVAILABLE
+            err = await expect(
+                c.submit(submit_request("rdonly", "v.mp4", num=2, interval=1)),
+                unavailable,
+                "ServiceUnavailable.JobStore",
+            )
+            assert err.retry_delay is not None
+            # A sync snapshot that cannot be recorded is taken back: no output, no job.
+            await expect(
+                c.submit(request("rdonly", "v.mp4", "rdonly", "o.jpg")), unavailable, "ServiceUnavailable.JobStore"
+            )
+            assert sorted(p.name for p in (tmp_path / "rdonly").iterdir()) == ["v.mp4"]
+            await app.store._call(lambda conn: conn.execute("PRAGMA query_only=0"))
+            await _health_becomes(app.port, "SERVING")
+            job = (await c.submit(submit_request("rdonly", "v.mp4", num=2, interval=1))).snapshot_job
+            assert (await c.wait(job.id, timeout=60)).state == "Success"
+    finally:
+        await app.stop(0)
+
+
+async def test_ffmpeg_killed_by_a_limit_is_a_retried_internal_fault(tmp_path: Path, slow_video: Video) -> None:
+    app = App(
+        load(
+            env={},
+            listen="127.0.0.1:0",
+            data_dir=tmp_path,
+            ffmpeg_cpu_s=1,
+            max_ffmpeg_processes=1,
+            max_attempts=2,
+            fault_retry_backoff_s=0.1,
+            sync_timeout_s=30,
+        )
+    )
+    await app.start()
+    try:
+        put(tmp_path, "cpu", "slow.mp4", slow_video.path)
+        async with SnapshotClient(f"127.0.0.1:{app.port}", timeout=60) as c:
+            # One decode pass over 30 s of 720p (one process): about 1.7 CPU-seconds.
+            job = (await c.submit(submit_request("cpu", "slow.mp4", num=30, interval=1))).snapshot_job
+            events = [e async for e in c.watch(job.id, timeout=120)]
+        final = events[-1].snapshot_job
+        assert (final.state, final.code, final.attempts) == ("Fail", "InternalError.ProcessKilled", 2), final.message
+        retried = [
+            e.snapshot_job for e in events if e.snapshot_job.state == "Submitted" and e.snapshot_job.attempts == 1
+        ]
+        assert retried and "fault of the server" in retried[0].message
+        assert live_ffmpeg(str(tmp_path)) == []
+    finally:
+        await app.stop(0)
+
+
+async def test_a_storage_outage_mid_job_is_retried_not_bad_content(tmp_path: Path, videos: dict[str, Video]) -> None:
+    """The storage goes away after the job's first request (its HEAD): ffmpeg's reads then
+    fail as a damaged file would, and the job must not end ResourceContentBad."""
+    from tests.test_s3_storage import ACCESS_KEY, s3_route
+
+    moto = MotoServer(tmp_path / "moto")
+    await asyncio.to_thread(moto.start)
+    proxy = FaultProxy(moto.port)
+    await proxy.start()
+    try:
+        session = aioboto3.Session(aws_access_key_id=ACCESS_KEY, aws_secret_access_key="x", region_name="us-east-1")
+        async with session.client("s3", endpoint_url=moto.endpoint) as s3:
+            await s3.create_bucket(Bucket="outage")
+            await s3.put_object(
+                Bucket="outage", Key="v.mp4", Body=await asyncio.to_thread(videos["main"].path.read_bytes)
+            )
+        route = s3_route("s3-*", proxy.endpoint, connect_timeout_s=1.0, read_timeout_s=2.0, max_attempts=2)
+        app = App(
+            load(
+                env={},
+                listen="127.0.0.1:0",
+                data_dir=tmp_path / "data",
+                storage=(route, StorageRoute(location="*", kind="local")),
+                max_attempts=2,
+                fault_retry_backoff_s=0.2,
+                ffmpeg_timeout_s=20,
+            )
+        )
+        await app.start()
+        try:
+            async with SnapshotClient(f"127.0.0.1:{app.port}", timeout=60) as c:
+                held = await c.add_pipeline("held")
+                await c.update_pipeline(held.id, name="held", state="Paused")
+                job_request = sps.SubmitSnapshotJobRequest(
+                    input=res.OSSFile(bucket="outage", location="s3-local", object="v.mp4"),
+                    snapshot_config=res.SnapshotConfig(
+                        output_file=res.OSSFile(bucket="out", object="{Count}.jpg"), interval=2, num=4
+                    ),
+                    pipeline_id=held.id,
+                )
+                job = (await c.submit(job_request)).snapshot_job
+                proxy.inject("reset", times=100_000, after=1)  # the job's HEAD passes, nothing after it
+                await c.update_pipeline(held.id, name="held", state="Active")
+                events = [e async for e in c.watch(job.id, timeout=120)]
+                assert await c.health() == "SERVING"  # shared storage: not this instance's fault
+            final = events[-1].snapshot_job
+            assert (final.state, final.code, final.attempts) == ("Fail", "TransientNetWorkError", 2), final.message
+            assert any(e.snapshot_job.state == "Submitted" and e.snapshot_job.attempts == 1 for e in events)
+            assert any(method == "GET" for method, _, _ in proxy.log)  # ffmpeg did read, and failed
+            assert not (tmp_path / "data" / "out").exists() or list((tmp_path / "data" / "out").iterdir()) == []
+        finally:
+            await app.stop(0)
+    finally:
+        await proxy.close()
+        await asyncio.to_thread(moto.stop)
+
+
+# 6. SIGTERM: NOT_SERVING first, and a sync snapshot cut off is recorded.
+
+
+async def test_sigterm_reports_not_serving_first_and_records_a_cut_off_snapshot(
+    tmp_path: Path, slow_video: Video
+) -> None:
+    put(tmp_path, "term", "slow.mp4", slow_video.path)
+    server = ServerProcess(tmp_path, shutdown_notice_s="0.6", shutdown_grace_s="0", sync_timeout_s="60")
+    port = await server.start()
+    try:
+        async with SnapshotClient(f"127.0.0.1:{port}", timeout=60) as c:
+            # An exact frame 9.9 s into a 10-s GOP of 720p: over a second of decoding.
+            sync = asyncio.create_task(c.submit(request("term", "slow.mp4", "term", "sync.jpg", time=29_900)))
+            await asyncio.sleep(0.3)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            # The port stays open, answering NOT_SERVING, before it closes.
+            await _health_becomes(port, "NOT_SERVING", within=0.6)
+            with pytest.raises(MpsApiError) as cut:
+                await sync
+            assert cut.value.status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), cut.value.message
+        assert await server.kill(signal.SIGTERM) == 0
+        port = await server.start()
+        async with SnapshotClient(f"127.0.0.1:{port}") as c:
+            failed = [j async for j in c.iter_jobs(state="Fail")]
+            assert [(j.code, j.state) for j in failed] == [("ServiceUnavailable", "Fail")], failed
+            assert "shut down" in failed[0].message
+            assert not (tmp_path / "term" / "sync.jpg").exists()
+    finally:
+        await server.kill(signal.SIGKILL)
+
+
+# 9. A full disk: clean codes, nothing lost, health tells the truth.
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Any:
+    path.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, check=False
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mount.stderr.decode().strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Fill the disk holding ``path`` to its last byte."""
+    filler = path / "filler"
+    with open(filler, "wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    with contextlib.suppress(OSError):
+        with open(path / "filler2", "wb") as f:  # the last few blocks
+            while True:
+                f.write(b"\0" * 512)
+                f.flush()
+    return filler
+
+
+async def test_a_full_disk_gives_clean_codes_and_loses_nothing(tmp_path: Path, videos: dict[str, Video]) -> None:
+    with small_disk(tmp_path / "disk", "40m") as disk:
+        data = disk / "data"
+        put(data, "full", "v.mp4", videos["main"].path)
+        server = ServerProcess(
+            data,
+            health_interval_s="0.2",
+            min_free_disk_mb="1",
+            fault_retry_backoff_s="0.3",
+            max_attempts="20",
+            pipeline_max_concurrent_jobs="3",
+        )
+        port = await server.start()
+        try:
+            async with SnapshotClient(f"127.0.0.1:{port}", timeout=30) as c:
+                jobs = [
+                    (
+                        await c.submit(submit_request("full", "v.mp4", out=f"j{n}/{{Count}}.jpg", interval=1, num=9))
+                    ).snapshot_job
+                    for n in range(6)
+                ]
+                async with asyncio.timeout(30):
+                    while (await c.get(jobs[0].id)).state == "Submitted":
+                        await asyncio.sleep(0.02)
+                await asyncio.to_thread(fill, disk)  # the disk fills while jobs run
+                await _health_becomes(port, "NOT_SERVING", within=5)
+                codes: list[str] = []
+                for call in (
+                    c.submit(request("full", "v.mp4", "full", "sync.jpg", time=1000)),
+                    c.submit(submit_request("full", "v.mp4", out="late/{Count}.jpg", interval=1, num=2)),
+                ):
+                    try:
+                        accepted = await call
+                        jobs.append(accepted.snapshot_job)  # async, recorded before the disk filled up
+                    except MpsApiError as err:
+                        assert err.status == grpc.StatusCode.UNAVAILABLE, (err.code, err.message)
+                        codes.append(err.code)
+                assert codes and set(codes) <= {"ServiceUnavailable.DiskFull", "ServiceUnavailable.JobStore"}
+                await asyncio.sleep(1.0)
+                assert await _health(port) == "NOT_SERVING"
+                (disk / "filler").unlink()
+                (disk / "filler2").unlink(missing_ok=True)
+                await _health_becomes(port, "SERVING", within=10)
+                finals = [await c.wait(j.id, timeout=120) for j in jobs]
+        finally:
+            assert await server.kill(signal.SIGTERM) == 0
+        for job, final in zip(jobs, finals, strict=True):
+            assert (final.state, final.code) == ("Success", ""), (final.code, final.message)
+            folder = data / "full" / job.snapshot_config.output_file.object.split("/")[0]
+            assert sorted(p.name for p in folder.iterdir()) == [f"{n:05d}.jpg" for n in range(1, final.count + 1)]
+        retried = sum(f.attempts > 1 for f in finals)
+        print(f"\nfull disk: {len(finals)} jobs, all Success, {retried} retried after the fault, codes {codes}")
+        conn = sqlite3.connect(data / "mps-snapshot.db")
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone() == (len(jobs),)
+        conn.close()
+        assert list((data / ".tmp").iterdir()) == [] and list((data / ".uploads").iterdir()) == []
