@@ -20,7 +20,9 @@ import grpc
 from grpc import aio
 
 from client import MpsApiError, SnapshotClient
+from client.api import snapshot_service_pb2 as sps
 from client.api import snapshot_service_pb2_grpc as sps_grpc
+from client.errors import ThrottlingError
 from tests import hostile
 from tests.children import ServerProcess
 from tests.conftest import put
@@ -39,6 +41,7 @@ class Figures:
     flood_sent: int = 0
     flood_throttled: int = 0
     flood_other: dict[str, int] = field(default_factory=dict)
+    flood_seconds: float = 0.0
     crash_attempts: list[int] = field(default_factory=list)
     lost: int = 0
     canary_hits: int = 0
@@ -53,13 +56,22 @@ class Figures:
             ("duplicate jobs or outputs", self.duplicates),
             ("canary hits", self.canary_hits),
             ("hostile outcomes", dict(sorted(self.outcomes.items()))),
-            ("flood: calls, throttled share", f"{self.flood_sent}, {share:.0%}"),
+            ("flood: calls, seconds, throttled share", f"{self.flood_sent}, {self.flood_seconds:.1f}, {share:.0%}"),
             ("flood: other errors", self.flood_other or 0),
             ("crash: attempts of the killed job", self.crash_attempts),
             ("ffmpeg processes left", self.processes_left),
             ("temp files left", self.temp_left),
         ]
-        return "\n".join(f"  {name:36} {value}" for name, value in rows)
+        return "\n".join(f"  {name:40} {value}" for name, value in rows)
+
+
+async def submit(c: SnapshotClient, request: sps.SubmitSnapshotJobRequest) -> sps.SubmitSnapshotJobResponse:
+    """Submit, waiting out the rate limit (the flood phase measures it; the others obey it)."""
+    while True:
+        try:
+            return await c.submit(request)
+        except ThrottlingError as err:
+            await asyncio.sleep(err.retry_delay or 0.1)
 
 
 async def hostile_phase(c: SnapshotClient, data: Path, corpus: hostile.Corpus, figures: Figures) -> None:
@@ -74,13 +86,14 @@ async def hostile_phase(c: SnapshotClient, data: Path, corpus: hostile.Corpus, f
         request = submit_request(bucket, item.key, out=f"sync-{item.name}.jpg", time=item.time_ms)
         request.user_data = ""
         try:
-            await c.submit(request)
+            await submit(c, request)
             figures.outcomes["Success"] = figures.outcomes.get("Success", 0) + 1
         except MpsApiError as err:
             figures.outcomes[err.code] = figures.outcomes.get(err.code, 0) + 1
-        job = (
-            await c.submit(submit_request(bucket, item.key, out=f"async-{item.name}/{{Count}}.jpg", num=1))
-        ).snapshot_job
+        async_request = submit_request(
+            bucket, item.key, out=f"async-{item.name}/{{Count}}.jpg", time=item.time_ms, num=1
+        )
+        job = (await submit(c, async_request)).snapshot_job
         figures.accepted.add(job.id)
         jobs.append(job.id)
     for job_id in jobs:
@@ -125,6 +138,7 @@ async def flood_phase(port: int, c: SnapshotClient, figures: Figures) -> None:
             token = f"t-{n // 2 if n % 5 == 0 else n}-{held.id[:6]}"
             tasks.append(asyncio.create_task(one(token)))
         await asyncio.gather(*tasks)
+        figures.flood_seconds = time.monotonic() - start
     figures.duplicates += sum(len(ids) - 1 for ids in by_token.values())
 
 
@@ -133,7 +147,7 @@ async def crash_phase(server: ServerProcess, data: Path, slow: Video, figures: F
     the first ends Success once (attempt 2) with exactly its outputs, the second exists."""
     put(data, "crash", "slow.mp4", slow.path)
     async with SnapshotClient(f"127.0.0.1:{server.port}") as c:
-        running = (await c.submit(submit_request("crash", "slow.mp4", time=500, interval=2, num=12))).snapshot_job
+        running = (await submit(c, submit_request("crash", "slow.mp4", time=500, interval=2, num=12))).snapshot_job
         figures.accepted.add(running.id)
         await decoding(data)
     await server.kill(signal.SIGKILL)
@@ -142,16 +156,16 @@ async def crash_phase(server: ServerProcess, data: Path, slow: Video, figures: F
             await asyncio.sleep(0.05)
     await server.start()
     async with SnapshotClient(f"127.0.0.1:{server.port}") as c:
-        just = (await c.submit(submit_request("crash", "slow.mp4", out="just/{Count}.jpg", num=1))).snapshot_job
+        final = await c.wait(running.id, timeout=180)
+        assert final.state == "Success", final.message
+        figures.crash_attempts.append(final.attempts)
+        just = (await submit(c, submit_request("crash", "slow.mp4", out="just/{Count}.jpg", num=1))).snapshot_job
         figures.accepted.add(just.id)
     await server.kill(signal.SIGKILL)
     await server.start()
     async with SnapshotClient(f"127.0.0.1:{server.port}") as c:
-        for job_id in (running.id, just.id):
-            final = await c.wait(job_id, timeout=180)
-            assert final.state == "Success", final.message
-        final = await c.get(running.id)
-        figures.crash_attempts.append(final.attempts)
+        final = await c.wait(just.id, timeout=180)
+        assert final.state == "Success", final.message
     names = sorted(p.name for p in (data / "crash" / "seq").iterdir())
     expected = [f"{n:05d}.jpg" for n in range(1, 13)]
     figures.duplicates += len(names) - len(set(names) & set(expected))
@@ -207,5 +221,8 @@ async def test_reliability_suite(tmp_path: Path, videos: dict[str, Video], slow_
     assert set(figures.outcomes) == {BAD}, figures.outcomes
     assert figures.crash_attempts == [2]
     assert not figures.flood_other
-    # 300 Submits in 3 s at a limit of 50/s with a 50-call burst: about half throttled.
-    assert 0.35 <= figures.flood_throttled / figures.flood_sent <= 0.6
+    # Twice the limit of 50/s: what passed is what the limit allows (50/s + a 50-call burst;
+    # the sender lags a little on a loaded machine), the rest was throttled.
+    admitted = figures.flood_sent - figures.flood_throttled
+    assert admitted <= 50 * figures.flood_seconds + 50 + 5
+    assert figures.flood_throttled / figures.flood_sent >= 0.2
