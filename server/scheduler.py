@@ -181,7 +181,9 @@ class Scheduler:
             return
         try:
             job = await self.jobs.store.get_job(job_id)
-            if job is not None:
+            if job is None or job.state.finished:
+                self._cancel_requested.discard(job_id)  # cancelled while it waited
+            else:
                 await self._requeue(job)
         except Exception as exc:
             log.warning("job %s could not be queued again yet (%s); will retry", job_id, exc)
