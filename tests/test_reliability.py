@@ -375,7 +375,7 @@ async def _health(port: int) -> str:
 
 async def _health_becomes(port: int, status: str, within: float = 10.0) -> None:
     async with asyncio.timeout(within):
-        while await _health(port) != status:
+        while await _health(port) != status:  # noqa: ASYNC110 - polls another process
             await asyncio.sleep(0.05)
 
 
@@ -583,7 +583,7 @@ async def test_a_full_disk_gives_clean_codes_and_loses_nothing(tmp_path: Path, v
                     for n in range(6)
                 ]
                 async with asyncio.timeout(30):
-                    while (await c.get(jobs[0].id)).state == "Submitted":
+                    while (await c.get(jobs[0].id)).state == "Submitted":  # noqa: ASYNC110 - polls the server
                         await asyncio.sleep(0.02)
                 await asyncio.to_thread(fill, disk)  # the disk fills while jobs run
                 await _health_becomes(port, "NOT_SERVING", within=5)
