@@ -188,8 +188,9 @@ async def test_reliability_suite(tmp_path: Path, videos: dict[str, Video], slow_
     put(data, "flood", "v.mp4", videos["tiny"].path)
     server = ServerProcess(
         data,
-        sync_timeout_s="3",
-        ffmpeg_timeout_s="3",
+        # Generous: the crash phase decodes 720p on a machine that may be busy.
+        sync_timeout_s="10",
+        ffmpeg_timeout_s="20",
         max_duration_s="60",
         rate_submit="50",
         shutdown_notice_s="0.2",
