@@ -115,11 +115,14 @@ def build(
     max_concurrent_streams: int = 1000,
 ) -> tuple[aio.Server, health_aio.HealthServicer]:
     server = aio.server(
-        # Streams per connection: a client only learns the limit from the server's first
-        # SETTINGS frame, so a burst above it on a new connection is refused with
-        # REFUSED_STREAM (UNAVAILABLE to the caller). Matching it to the server-wide call
-        # limit lets a burst queue in the server instead (measured in docs/security.md).
-        options=(*OPTIONS, ("grpc.max_concurrent_streams", max_concurrent_streams)),
+        # Streams per connection: calls above the limit are refused with RST_STREAM
+        # (UNAVAILABLE to the caller), not queued, on new and established connections alike
+        # (measured). Matching it to the server-wide call limit serves a burst of up to that
+        # many calls on one connection (figures in docs/security.md); 0: gRPC's default.
+        options=(
+            *OPTIONS,
+            *((("grpc.max_concurrent_streams", max_concurrent_streams),) if max_concurrent_streams > 0 else ()),
+        ),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
         interceptors=(ReflectionAuth(guard.authenticator, client_certs_required),),
     )
