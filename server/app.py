@@ -14,6 +14,8 @@ from pathlib import Path
 from grpc import aio
 
 from server.config import Settings
+from server.domain.errors import DiskFull, MpsError
+from server.health import HealthMonitor
 from server.http.listener import HttpListener, tls_context
 from server.http.mps_rpc import MpsRpc
 from server.jobs import JobService
@@ -131,7 +133,6 @@ class App:
         )
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
-        self._health_task: asyncio.Task[None] | None = None
         self.mps_rpc: MpsRpc | None = None
 
     async def start(self) -> int:
@@ -198,6 +199,7 @@ class App:
             registry=self.pipelines,
             notifications=self.notifications,
             max_attempts=s.max_attempts,
+            retry_backoff_s=s.fault_retry_backoff_s,
         )
         await self.scheduler.start()
         self.guard = build_guard(s)
@@ -210,6 +212,7 @@ class App:
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             client_certs_required=tls and bool(s.tls_client_ca_file),
             telemetry=self.telemetry,
+            max_concurrent_streams=s.max_concurrent_streams or s.max_concurrent_rpcs,
         )
         if tls:
             creds = rpc_server.credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
@@ -219,12 +222,27 @@ class App:
         if self.port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         await self._server.start()
-        await rpc_server.set_serving(self.health, True)
-        self._health_task = asyncio.create_task(self._watch_store())
+        health = self.health
+        self.monitor = HealthMonitor(
+            ping=self.store.ping,
+            disk=s.data_dir,
+            min_free_bytes=s.min_free_disk_mb * 1024 * 1024,
+            publish=lambda serving: rpc_server.set_serving(health, serving),
+            interval=s.health_interval_s,
+        )
+        self.store.fault_listeners.append(lambda detail: self.monitor.report("job store", detail))
+        self.jobs.fault_listeners.append(self._job_fault)
+        await self.monitor.start()
         if s.http_listen:
             await self._start_http()
         log.info("listening on %s (port %d), data in %s", s.listen, self.port, s.data_dir.resolve())
         return self.port
+
+    def _job_fault(self, fault: MpsError) -> None:
+        # A full disk is this instance's own state: health says so. A storage outage or
+        # a killed ffmpeg is not (every instance shares the storage; limits are per run).
+        if isinstance(fault, DiskFull):
+            self.monitor.report("disk", fault.message)
 
     def pipeline_load(self, pipeline_id: str) -> tuple[int, int]:
         """(waiting, running) async jobs of a pipeline."""
@@ -273,31 +291,28 @@ class App:
         self.http_port = await self.http.start()
         log.info("HTTP (MPS RPC on /, /metrics, /console/) on %s (port %d)", s.http_listen, self.http_port)
 
-    async def _watch_store(self) -> None:
-        # Health follows the job store: a server that cannot record jobs is not serving.
-        serving = True
-        while True:
-            await asyncio.sleep(5)
-            ok = await self.store.ping()
-            if ok != serving:
-                serving = ok
-                await rpc_server.set_serving(self.health, ok)
-
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, notice: float = 0.0) -> None:
+        """Stop: health NOT_SERVING for ``notice`` seconds (calls still served, so load
+        balancers move away first), then close the port with ``grace`` for calls in flight."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        log.info("shutting down (grace %.1f s)", grace)
-        if self._health_task is not None:
-            self._health_task.cancel()
+        log.info("shutting down (notice %.1f s, grace %.1f s)", notice, grace)
+        self.monitor.drain()
+        await rpc_server.set_serving(self.health, False)
+        if notice > 0:
+            await asyncio.sleep(notice)
+        await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
+        self.jobs.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         stopping = [self.http.stop()] if self.http is not None else []
         if self._server is not None:
             stopping.append(self._server.stop(grace))
         await asyncio.gather(*stopping)
+        await self.jobs.wait_recorded(2.0)
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
         await self.router.close()
         await self.store.close()
@@ -313,4 +328,4 @@ class App:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        await self.stop()
+        await self.stop(notice=self.settings.shutdown_notice_s)

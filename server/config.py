@@ -171,6 +171,19 @@ class Settings:
     otlp_endpoint: str = ""
     #: Lifetime of the signed media URLs the console hands to the browser, in seconds.
     console_url_expiry_s: int = 600
+    #: Health: seconds between checks that the job store can commit a write and the data
+    #: disk has ``min_free_disk_mb`` free; NOT_SERVING while either fails.
+    health_interval_s: float = 2.0
+    min_free_disk_mb: int = 64
+    #: On SIGTERM, seconds health reports NOT_SERVING (calls still served) before the port
+    #: closes, so load balancers stop sending calls first.
+    shutdown_notice_s: float = 2.0
+    #: First delay before an async job that met a service fault (full disk, storage
+    #: outage, ffmpeg killed by a limit) is run again; doubles per attempt, at most 60 s.
+    fault_retry_backoff_s: float = 2.0
+    #: HTTP/2 streams one connection may have open at once; 0 uses ``max_concurrent_rpcs``
+    #: (a burst beyond the limit on a new connection is refused with UNAVAILABLE by gRPC).
+    max_concurrent_streams: int = 0
     #: Storage routes, tried in order (from the TOML file's [[storage]] tables).
     storage: tuple[StorageRoute, ...] = (StorageRoute(),)
 

@@ -64,6 +64,8 @@ IGNORED_PARAMETERS = mps_json.COMMON_PARAMETERS | {"SignatureType"}
 #: MPS's pipeline ExtendConfig keys this service accepts and ignores (it has no MPS speed tiers).
 _MPS_EXTEND_KEYS = frozenset({"IsBoostNew", "MaxMultiSpeed", "MultiSpeedDowngradePolicy"})
 _OUR_EXTEND_KEYS = frozenset({"MaxConcurrentJobs", "QueueCapacity"})
+#: Where a signed request keeps (AccessKeyId, nonce) until it is admitted and the nonce used up.
+_NONCE = "mps.nonce"
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,8 @@ class MpsRpc:
                 code="InvalidAction.NotFound",
             )
         self.guard.throttle(principal, name)
+        if (signed := request.get(_NONCE)) is not None:
+            self.guard.authenticator.use_nonce(*signed)  # admitted: the nonce is used up
         message = build_request(name, action, values)
         servicer = self._servicers[action.service]
         method: Callable[..., Awaitable[Message]] = inspect.unwrap(getattr(type(servicer), name))
@@ -375,6 +379,7 @@ class MpsRpc:
                 code="SignatureDoesNotMatch",
             )
         self.guard.authenticator.check_fresh(key_id, values["Timestamp"], nonce, "Timestamp", "SignatureNonce")
+        request[_NONCE] = (key_id, nonce)
         return principal
 
     def _v3(self, request: web.Request, params: Params, authorization: str) -> Principal:
@@ -417,6 +422,7 @@ class MpsRpc:
             "x-acs-date",
             "x-acs-signature-nonce",
         )
+        request[_NONCE] = (auth.access_key_id, nonce)
         return principal
 
     # -- answers -----------------------------------------------------------------------
