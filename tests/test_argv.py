@@ -25,6 +25,8 @@ from server.media.argv import (
     Source,
     black_scan_argv,
     capture_argv,
+    keyframes_argv,
+    packets_argv,
     pass_argv,
     probe_argv,
 )
@@ -111,6 +113,8 @@ def _all_argvs(url: str, protocols: tuple[str, ...], workdir: Path) -> dict[str,
     ffmpeg = "/usr/bin/ffmpeg"
     return {
         "probe": probe_argv("/usr/bin/ffprobe", url, protocols),
+        "keyframes": keyframes_argv("/usr/bin/ffprobe", url, protocols),
+        "packets": packets_argv("/usr/bin/ffprobe", url, protocols),
         "exact": capture_argv(ffmpeg, src, [ExactPoint(1.5, (1.46, 1.5))], Encoding(320, None), workdir),
         "exact-window": capture_argv(ffmpeg, src, [ExactPoint(0.5, (0.75, 2.75))], Encoding(None, 240), workdir),
         "keyframe": capture_argv(ffmpeg, src, [KeyPoint(3.0)], Encoding(), workdir),
@@ -157,7 +161,7 @@ INPUT_OPTIONS = ("-protocol_whitelist", "-format_whitelist", "-codec_whitelist",
 
 def check_argv(name: str, argv: list[str], url: str, protocols: tuple[str, ...]) -> None:
     """Every input (a seek batch has several) gets all the whitelists just before its -i."""
-    ffmpeg = name != "probe"
+    ffmpeg = name not in ("probe", "keyframes", "packets")
     assert os.path.basename(argv[0]) == ("ffmpeg" if ffmpeg else "ffprobe")
     if ffmpeg:
         assert "-nostdin" in argv[:3]  # a global option, first

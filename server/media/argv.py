@@ -248,6 +248,12 @@ KEYFRAME_PACKETS = 200
 
 
 def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
+    """The first KEYFRAME_PACKETS video packets' times and flags."""
+    return _packets(ffprobe, url, protocols, "pts_time,flags", f"%+#{KEYFRAME_PACKETS}")
+
+
+def _packets(ffprobe: str, url: str, protocols: tuple[str, ...], entries: str, intervals: str | None) -> list[str]:
+    """ffprobe listing video packets (read, not decoded) as CSV."""
     return [
         ffprobe,
         "-hide_banner",
@@ -256,10 +262,9 @@ def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[s
         *input_options(protocols),
         "-select_streams",
         "v:0",
-        "-read_intervals",
-        f"%+#{KEYFRAME_PACKETS}",
+        *(("-read_intervals", intervals) if intervals else ()),
         "-show_entries",
-        "packet=pts_time,flags",
+        f"packet={entries}",
         "-of",
         "csv=p=0",
         "-i",
@@ -269,18 +274,4 @@ def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[s
 
 def packets_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
     """Every video packet's time and duration (no decoding): the end of a file without a duration."""
-    return [
-        ffprobe,
-        "-hide_banner",
-        "-v",
-        "error",
-        *input_options(protocols),
-        "-select_streams",
-        "v:0",
-        "-show_entries",
-        "packet=pts_time,duration_time",
-        "-of",
-        "csv=p=0",
-        "-i",
-        url,
-    ]
+    return _packets(ffprobe, url, protocols, "pts_time,duration_time", None)
