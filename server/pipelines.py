@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from server.domain.errors import InvalidParameter, InvalidState, ResourceNotFound
 from server.domain.models import NotifyConfig, Pipeline, PipelineState
 from server.ids import new_id
-from server.store.sqlite import SqliteStore
+from server.store.base import Store
 
 MAX_NAME_BYTES = 128
 MAX_IDS = 10
@@ -62,7 +62,7 @@ def _check_limits(max_jobs: int | None, capacity: int | None) -> None:
 
 
 class PipelineRegistry:
-    def __init__(self, store: SqliteStore, *, default_max_jobs: int, default_capacity: int) -> None:
+    def __init__(self, store: Store, *, default_max_jobs: int, default_capacity: int) -> None:
         self._store = store
         self._default_max_jobs = default_max_jobs
         self._default_capacity = default_capacity
@@ -77,6 +77,16 @@ class PipelineRegistry:
             default = self._new("Default", is_default=True)
             await self._store.put_pipeline(default)
             self._pipelines[default.id] = default
+
+    async def refresh(self) -> None:
+        """Re-read pipelines changed elsewhere (another replica) and tell the listeners of
+        each one added, changed or removed."""
+        async with self._lock:
+            fresh = {p.id: p for p in await self._store.list_pipelines()}
+            old, self._pipelines = self._pipelines, fresh
+        for pipeline_id in old.keys() | fresh.keys():
+            if old.get(pipeline_id) != fresh.get(pipeline_id):
+                await self._notify(fresh.get(pipeline_id), pipeline_id)
 
     def _new(
         self,
