@@ -114,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         Path(args.config) if args.config else None,
         listen=args.listen,
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        database_url=args.database_url,
     )
     configure_logging(settings.log_level)
     asyncio.run(App(settings).serve_forever())
@@ -129,6 +130,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT (env MPS_SNAPSHOT_LISTEN; default 127.0.0.1:50051)")
     serve.add_argument("--data-dir", help="storage and database folder (env MPS_SNAPSHOT_DATA_DIR; default ./data)")
     serve.add_argument("--config", help="TOML settings file (env MPS_SNAPSHOT_CONFIG)")
+    serve.add_argument(
+        "--database-url",
+        help="PostgreSQL DSN shared by several replicas (env MPS_SNAPSHOT_DATABASE_URL; default: SQLite, one server)",
+    )
     hashing = sub.add_parser("hash-secret", help="print the access_key_hash to configure for a secret")
     hashing.add_argument("--secret", help="the secret (default: read from standard input)")
     put = sub.add_parser("put", help="copy a local file into the embedded store")

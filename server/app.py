@@ -11,6 +11,10 @@ import signal
 
 from grpc import aio
 
+from server.cluster import wiring
+from server.cluster.fencing import fenced
+from server.cluster.guard import ClusterGuard
+from server.cluster.scheduler import ClusterScheduler
 from server.config import Settings
 from server.jobs import JobService
 from server.media.engine import MediaEngine
@@ -27,6 +31,9 @@ from server.security.ratelimit import RateLimiter
 from server.storage.local import LocalStore
 from server.storage.router import Route, StorageRouter
 from server.storage.s3 import S3Options, S3Store, open_stores
+from server.store.base import Store
+from server.store.datalock import DataDirLock
+from server.store.postgres import PostgresStore
 from server.store.sqlite import SqliteStore
 
 log = logging.getLogger("mps_snapshot")
@@ -72,7 +79,7 @@ def check_exposure(settings: Settings) -> None:
         )
 
 
-def build_guard(settings: Settings) -> Guard:
+def build_guard(settings: Settings, postgres: PostgresStore | None = None) -> Guard:
     principals = [
         Principal(
             name=p.name or p.access_key_id or p.cert_cn,
@@ -84,6 +91,8 @@ def build_guard(settings: Settings) -> Guard:
         for p in settings.principals
     ]
     limits = {"submit": settings.rate_submit, "query": settings.rate_query, "pipeline": settings.rate_pipeline}
+    if postgres is not None:
+        return ClusterGuard(Authenticator(principals), limits, settings.max_watch_streams, postgres)
     return Guard(Authenticator(principals), RateLimiter(limits), settings.max_watch_streams)
 
 
@@ -99,11 +108,21 @@ class App:
         s = self.settings
         check_exposure(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore(s.db_path)
+        self._data_lock = DataDirLock(s.data_dir)
+        self._data_lock.acquire()
+        self.postgres: PostgresStore | None = None
+        self.store: Store
+        if s.database_url:
+            wiring.check_settings(s)
+            self.store = self.postgres = await wiring.open_store(s)
+        else:
+            self.store = SqliteStore(s.db_path)
         self.local = LocalStore(s.data_dir)
         self.local.sweep()
         self.router = build_router(s, self.local)
         await open_stores(r.store for r in self.router.routes)
+        if self.postgres is not None:
+            self.router = fenced(self.router)  # a replica that lost a job's lease publishes nothing
         self.engine = MediaEngine(
             ffmpeg=s.resolved_ffmpeg(),
             ffprobe=s.resolved_ffprobe(),
@@ -121,7 +140,11 @@ class App:
         self.pipelines = PipelineRegistry(
             self.store, default_max_jobs=s.pipeline_max_concurrent_jobs, default_capacity=s.pipeline_queue_capacity
         )
-        await self.pipelines.load()
+        if self.postgres is not None:
+            async with self.postgres.startup_lock():  # one default pipeline however many replicas start
+                await self.pipelines.load()
+        else:
+            await self.pipelines.load()
         self.jobs = JobService(
             store=self.store,
             router=self.router,
@@ -145,15 +168,28 @@ class App:
             notify_wanted=self.notifications.wanted,
             max_sprite_pixels=s.max_sprite_pixels,
         )
-        self.scheduler = Scheduler(
-            jobs=self.jobs,
-            runner=self.runner,
-            registry=self.pipelines,
-            notifications=self.notifications,
-            max_attempts=s.max_attempts,
-        )
+        self.scheduler: Scheduler | ClusterScheduler
+        if self.postgres is not None:
+            self.scheduler = ClusterScheduler(
+                jobs=self.jobs,
+                runner=self.runner,
+                registry=self.pipelines,
+                notifications=self.notifications,
+                store=self.postgres,
+                slots=s.replica_jobs or s.max_ffmpeg_processes,
+                lease_s=s.lease_s,
+                max_attempts=s.max_attempts,
+            )
+        else:
+            self.scheduler = Scheduler(
+                jobs=self.jobs,
+                runner=self.runner,
+                registry=self.pipelines,
+                notifications=self.notifications,
+                max_attempts=s.max_attempts,
+            )
         await self.scheduler.start()
-        self.guard = build_guard(s)
+        self.guard = build_guard(s, self.postgres)
         tls = bool(s.tls_cert_file)
         self._server, self.health = rpc_server.build(
             self.jobs,
@@ -202,6 +238,7 @@ class App:
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
         await self.router.close()
         await self.store.close()
+        self._data_lock.release()
         log.info("stopped")
 
     async def serve_forever(self) -> None:
