@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncpg
 
-from server.domain.models import Job, JobState, Pipeline, PipelineState
+from server.domain.models import Job, JobState, Pipeline
 from server.store import codec
 from server.store.base import JobQuery, decode_page_token, encode_page_token, us
 from server.store.leases import Lease, LeaseLost, current_lease
@@ -77,10 +77,77 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # The claim as one server-side statement. Per candidate pipeline (random order, so
+        # none starves another): lock its row, which serialises claims of one pipeline so
+        # two replicas never both take its last slot; skip it when Paused or already running
+        # MaxConcurrentJobs jobs under a live lease anywhere; else take its oldest runnable
+        # job with SKIP LOCKED, reset its progress, count the attempt (unless it is
+        # exhausted: interrupted on each of its allowed attempts) and lease it.
+        """
+        CREATE FUNCTION mps_claim(p_owner TEXT, p_ttl DOUBLE PRECISION, p_max_attempts INTEGER,
+                                  p_channel TEXT, p_origin TEXT)
+        RETURNS TABLE (job_doc TEXT, job_attempt INTEGER, job_cancel BOOLEAN, job_exhausted BOOLEAN)
+        LANGUAGE plpgsql AS $fn$
+        DECLARE
+            v_pid TEXT;
+            v_pdoc JSONB;
+            v_running BIGINT;
+            v_id TEXT;
+            v_doc JSONB;
+            v_attempt INTEGER;
+            v_cancel BOOLEAN;
+            v_state TEXT;
+            v_exhausted BOOLEAN;
+        BEGIN
+            FOR v_pid IN
+                SELECT q.pid FROM (
+                    SELECT DISTINCT j.pipeline_id AS pid FROM jobs j
+                    WHERE j.state = 'Submitted' OR (j.state = 'Snapshoting' AND j.lease_expires < now())
+                ) q ORDER BY random()
+            LOOP
+                SELECT p.doc::jsonb INTO v_pdoc FROM pipelines p WHERE p.id = v_pid FOR UPDATE;
+                IF v_pdoc IS NOT NULL AND v_pdoc->>'state' <> 'Active' THEN
+                    CONTINUE;
+                END IF;
+                SELECT count(*) INTO v_running FROM jobs j
+                WHERE j.pipeline_id = v_pid AND j.state = 'Snapshoting' AND j.lease_expires >= now();
+                IF v_running >= COALESCE((v_pdoc->>'max_concurrent_jobs')::INTEGER, 1) THEN
+                    CONTINUE;
+                END IF;
+                SELECT j.id, j.doc::jsonb, j.attempt, j.cancel_requested, j.state
+                INTO v_id, v_doc, v_attempt, v_cancel, v_state
+                FROM jobs j
+                WHERE j.pipeline_id = v_pid
+                  AND (j.state = 'Submitted' OR (j.state = 'Snapshoting' AND j.lease_expires < now()))
+                ORDER BY j.created_us, j.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+                IF v_id IS NULL THEN
+                    CONTINUE;
+                END IF;
+                v_exhausted := v_state = 'Snapshoting' AND (v_doc->>'attempts')::INTEGER >= p_max_attempts;
+                v_doc := v_doc || jsonb_build_object(
+                    'state', 'Snapshoting',
+                    'attempts', (v_doc->>'attempts')::INTEGER + CASE WHEN v_exhausted THEN 0 ELSE 1 END,
+                    'images', '[]'::jsonb, 'sprites', '[]'::jsonb, 'count', 0, 'tile_count', 0);
+                UPDATE jobs SET state = 'Snapshoting', doc = v_doc::text, lease_owner = p_owner,
+                    attempt = v_attempt + 1, lease_expires = now() + make_interval(secs => p_ttl)
+                WHERE id = v_id;
+                PERFORM pg_notify(p_channel, 'job|' || p_origin || '|' || v_id);
+                job_doc := v_doc::text;
+                job_attempt := v_attempt + 1;
+                job_cancel := v_cancel;
+                job_exhausted := v_exhausted;
+                RETURN NEXT;
+                RETURN;
+            END LOOP;
+        END
+        $fn$;
+        """,
+    ),
 ]
 
 _OPEN = ("Submitted", "Snapshoting")
-_RUNNABLE = "(state = 'Submitted' OR (state = 'Snapshoting' AND lease_expires < now()))"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,61 +413,19 @@ class PostgresStore:
 
     async def claim(self, owner: str, ttl_s: float, max_attempts: int) -> Claim | None:
         """Take the oldest runnable job of an Active pipeline below its MaxConcurrentJobs:
-        a Submitted job, or a Snapshoting one whose lease expired (its replica died)."""
+        a Submitted job, or a Snapshoting one whose lease expired (its replica died).
+        One round trip: mps_claim (migration 2) holds the pipeline's row lock only for the
+        statement's own time."""
         sent = time.monotonic()
-        async with self._pool.acquire() as c, c.transaction():
-            pids = [r[0] for r in await c.fetch(f"SELECT DISTINCT pipeline_id FROM jobs WHERE {_RUNNABLE}")]
-            random.shuffle(pids)  # no pipeline starves another
-            for pid in pids:
-                # The pipeline row lock serialises claims per pipeline, so two replicas
-                # never both take its last free slot.
-                prow = await c.fetchrow("SELECT doc FROM pipelines WHERE id = $1 FOR UPDATE", pid)
-                limit = 1
-                if prow is not None:
-                    pipeline = codec.loads(Pipeline, prow[0])
-                    if pipeline.state is not PipelineState.ACTIVE:
-                        continue
-                    limit = pipeline.max_concurrent_jobs
-                running = await c.fetchval(
-                    "SELECT count(*) FROM jobs WHERE pipeline_id = $1 AND state = 'Snapshoting' "
-                    "AND lease_expires >= now()",
-                    pid,
-                )
-                if running >= limit:
-                    continue
-                row = await c.fetchrow(
-                    f"SELECT id, doc, attempt, cancel_requested FROM jobs WHERE pipeline_id = $1 AND {_RUNNABLE} "
-                    "ORDER BY created_us, id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                    pid,
-                )
-                if row is None:
-                    continue
-                job = codec.loads(Job, row["doc"])
-                exhausted = job.state is JobState.SNAPSHOTING and job.attempts >= max_attempts
-                job = dataclasses.replace(
-                    job,
-                    state=JobState.SNAPSHOTING,
-                    attempts=job.attempts if exhausted else job.attempts + 1,
-                    images=(),
-                    sprites=(),
-                    count=0,
-                    tile_count=0,
-                )
-                attempt = int(row["attempt"]) + 1
-                await c.execute(
-                    "UPDATE jobs SET state = 'Snapshoting', doc = $2, lease_owner = $3, attempt = $4, "
-                    "lease_expires = now() + make_interval(secs => $5) WHERE id = $1",
-                    job.id,
-                    codec.dumps(job),
-                    owner,
-                    attempt,
-                    ttl_s,
-                )
-                await c.execute("SELECT pg_notify($1, $2)", CHANNEL, self._payload("job", job.id))
-                lease = Lease(job_id=job.id, owner=owner, attempt=attempt, ttl_s=ttl_s)
-                lease.extend(sent)
-                return Claim(job, lease, exhausted, bool(row["cancel_requested"]))
-        return None
+        row = await self._pool.fetchrow(
+            "SELECT * FROM mps_claim($1, $2, $3, $4, $5)", owner, ttl_s, max_attempts, CHANNEL, self.origin
+        )
+        if row is None:
+            return None
+        job = codec.loads(Job, row["job_doc"])
+        lease = Lease(job_id=job.id, owner=owner, attempt=int(row["job_attempt"]), ttl_s=ttl_s)
+        lease.extend(sent)
+        return Claim(job, lease, bool(row["job_exhausted"]), bool(row["job_cancel"]))
 
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease; returns whether a cancel was requested. Marks the lease lost
