@@ -20,12 +20,14 @@ from typing import Any
 
 import asyncpg
 import boto3
+import grpc
 import pytest
 import pytest_asyncio
 from botocore.config import Config
 
 from client import SnapshotClient
 from client.api import snapshot_service_pb2 as sps
+from client.auth import derive_key, signature_metadata
 from client.errors import MpsApiError, ThrottlingError
 from tests.children import ServerProcess, run_child
 from tests.media import Video
@@ -163,6 +165,7 @@ def listing(s3: Any, prefix: str) -> dict[str, tuple[str, Any]]:
 
 
 def job_request(prefix: str, num: int, pipeline_id: str = "") -> sps.SubmitSnapshotJobRequest:
+    # Exact frames 2 s apart in a 300-frame GOP: every image costs a real decode.
     return submit_request(BUCKET, "in/slow.mp4", f"{prefix}/{{Count}}.jpg", pipeline_id, time=500, interval=2, num=num)
 
 
@@ -213,17 +216,25 @@ async def test_jobs_spread_and_kill_9_loses_nothing_and_runs_nothing_twice(clust
 async def test_a_replica_frozen_past_its_lease_writes_nothing(cluster: Cluster, s3: Any) -> None:
     replicas = await cluster.start(2)
     async with SnapshotClient(f"127.0.0.1:{replicas[0].port}", timeout=30) as c:
-        job = (await c.submit(job_request("frozen", 10))).snapshot_job
+        job = (await c.submit(job_request("frozen", 12))).snapshot_job
 
-        async def image_written() -> bool:
-            return bool(listing(s3, "frozen/"))
+        async def claimed() -> bool:
+            (r,) = await rows(cluster.dsn, "SELECT lease_owner FROM jobs WHERE id = $1", job.id)
+            return r["lease_owner"] is not None
 
-        await until(image_written, 60)
+        await until(claimed, 60)
         (row,) = await rows(cluster.dsn, "SELECT lease_owner FROM jobs WHERE id = $1", job.id)
         frozen = cluster.owner_of(row["lease_owner"])
+
+        async def decoding() -> bool:
+            return bool(live_ffmpeg(str(frozen.data_dir)))
+
+        await until(decoding, 60, 0.01)
         other = next(r for r in replicas if r is not frozen)
         os.kill(frozen.pid, signal.SIGSTOP)
         try:
+            (state,) = await rows(cluster.dsn, "SELECT state FROM jobs WHERE id = $1", job.id)
+            assert state["state"] == "Snapshoting"  # frozen mid-job
             async with SnapshotClient(f"127.0.0.1:{other.port}", timeout=30) as c2:
                 final = await c2.wait(job.id, timeout=120)
             assert final.state == "Success" and final.attempts == 2
@@ -233,7 +244,7 @@ async def test_a_replica_frozen_past_its_lease_writes_nothing(cluster: Cluster, 
             os.kill(frozen.pid, signal.SIGCONT)
         await asyncio.sleep(4)  # its renewals fail, its writes match no row, its puts are refused
         assert listing(s3, "frozen/") == before_objects
-        assert sorted(before_objects) == [f"frozen/{i:05d}.jpg" for i in range(1, 11)]
+        assert sorted(before_objects) == [f"frozen/{i:05d}.jpg" for i in range(1, 13)]
         (after_row,) = await rows(cluster.dsn, "SELECT doc, lease_owner, attempt FROM jobs WHERE id = $1", job.id)
         assert after_row == before_row and after_row["attempt"] == 2
         assert any("lease" in line and job.id in line for line in frozen.log)
@@ -409,3 +420,49 @@ async def test_several_replicas_refuse_local_storage(tmp_path: Path, dsn: str, c
     env["MPS_SNAPSHOT_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/none"
     code, out = await run_child([sys.executable, "-m", "server", "--config", str(config_file)], env, 30)
     assert code == 1 and "cannot connect to PostgreSQL" in out
+
+
+async def test_client_tokens_and_nonces_hold_across_replicas(
+    tmp_path: Path, dsn: str, config_file: Path, s3: Any
+) -> None:
+    key_id, secret = "AKIDREPLICATEST", "replica-secret"
+    config = tmp_path / "signed.toml"
+    base = config_file.read_text()  # noqa: ASYNC240 - a small file, once
+    config.write_text(
+        base
+        + f'\n[[principals]]\nname = "alice"\naccess_key_id = "{key_id}"\naccess_key_hash = "{derive_key(secret)}"\n'
+        + '[[principals.statements]]\neffect = "Allow"\nactions = ["*"]\nresources = ["*"]\n'
+    )
+    cluster = Cluster(tmp_path, dsn, config)
+    try:
+        replicas = await cluster.start(3)
+        clients = [
+            SnapshotClient(f"127.0.0.1:{r.port}", timeout=30, access_key_id=key_id, access_key_secret=secret)
+            for r in replicas
+        ]
+        try:
+            # The same ClientToken sent to three replicas at once: one job.
+            same = job_request("token", 1)
+            same.client_token = "retry-me-7"
+            answers = await asyncio.gather(*(c.submit(same) for c in clients))
+            assert len({a.snapshot_job.id for a in answers}) == 1
+            (count,) = await rows(dsn, "SELECT count(*) AS n FROM jobs")
+            assert count["n"] == 1
+            # A signed call replayed to another replica (same nonce): refused.
+            method = "/mps.snapshot.v1.SnapshotService/QuerySnapshotJobList"
+            signed = signature_metadata(key_id, secret, method, nonce="once-only-nonce")
+            bare = [SnapshotClient(f"127.0.0.1:{r.port}", timeout=10) for r in replicas[:2]]
+            try:
+                await bare[0].snapshots.QuerySnapshotJobList(sps.QuerySnapshotJobListRequest(), metadata=signed)
+                with pytest.raises(grpc.aio.AioRpcError) as replay:
+                    await bare[1].snapshots.QuerySnapshotJobList(sps.QuerySnapshotJobListRequest(), metadata=signed)
+                assert replay.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert "nonce was used before" in (replay.value.details() or "")
+            finally:
+                for c in bare:
+                    await c.close()
+        finally:
+            for c in clients:
+                await c.close()
+    finally:
+        await cluster.stop()
