@@ -270,6 +270,7 @@ class Result:
     claims: dict[int, float]
     claim_jobs: int
     bare: float
+    single: float
 
 
 async def bare_round(dsn: str, total: int, workers: int = 8) -> float:
@@ -328,7 +329,20 @@ async def run(args: argparse.Namespace) -> Result:
         rates = [await claim_round(dsn, args.claims, pipelines) for _ in range(args.rounds)]
         claims[pipelines] = statistics.median(rates)
         print(f"claims/s, 8 workers, {pipelines} pipeline(s): {', '.join(f'{r:.0f}' for r in rates)}", flush=True)
-    return Result(args.jobs, args.rounds, statistics.median(times[1]), statistics.median(times[2]), claims, args.claims)
+    single = statistics.median([await claim_round(dsn, args.claims // 2, 1, workers=1) for _ in range(args.rounds)])
+    print(f"claims/s, 1 worker: {single:.0f}", flush=True)
+    bare = statistics.median([await bare_round(dsn, args.claims) for _ in range(args.rounds)])
+    print(f"bare round trips/s, 8 workers: {bare:.0f}", flush=True)
+    return Result(
+        args.jobs,
+        args.rounds,
+        statistics.median(times[1]),
+        statistics.median(times[2]),
+        claims,
+        args.claims,
+        bare,
+        single,
+    )
 
 
 def doc_section(r: Result) -> str:
@@ -347,10 +361,11 @@ def doc_section(r: Result) -> str:
             "",
             f"Claim throughput of one PostgreSQL, 8 workers, {r.claim_jobs} no-op jobs (claim + fenced final write):",
             "",
-            "| Jobs spread over | Claims/s |",
+            "| Workers, jobs spread over | Claims/s |",
             "|---|---|",
-            f"| 1 pipeline | {claims[1]:.0f} |",
-            f"| 8 pipelines | {claims[8]:.0f} |",
+            f"| 8 workers, 1 pipeline | {claims[1]:.0f} |",
+            f"| 8 workers, 8 pipelines | {claims[8]:.0f} |",
+            f"| 1 worker, 1 pipeline | {r.single:.0f} |",
             f"| (yardstick: bare `SELECT 1` round trips) | {r.bare:.0f} |",
             END,
         ]

@@ -102,10 +102,12 @@ MIGRATIONS: list[tuple[int, str]] = [
             v_exhausted BOOLEAN;
         BEGIN
             FOR v_pid IN
-                SELECT q.pid FROM (
-                    SELECT DISTINCT j.pipeline_id AS pid FROM jobs j
-                    WHERE j.state = 'Submitted' OR (j.state = 'Snapshoting' AND j.lease_expires < now())
-                ) q ORDER BY random()
+                SELECT p.id FROM pipelines p
+                WHERE EXISTS (
+                    SELECT 1 FROM jobs j WHERE j.pipeline_id = p.id
+                    AND (j.state = 'Submitted' OR (j.state = 'Snapshoting' AND j.lease_expires < now()))
+                )
+                ORDER BY random()
             LOOP
                 SELECT p.doc::jsonb INTO v_pdoc FROM pipelines p WHERE p.id = v_pid FOR UPDATE;
                 IF v_pdoc IS NOT NULL AND v_pdoc->>'state' <> 'Active' THEN
