@@ -141,6 +141,7 @@ class App:
             self.store, default_max_jobs=s.pipeline_max_concurrent_jobs, default_capacity=s.pipeline_queue_capacity
         )
         if self.postgres is not None:
+            self.pipelines.shared = True
             async with self.postgres.startup_lock():  # one default pipeline however many replicas start
                 await self.pipelines.load()
         else:

@@ -126,6 +126,7 @@ class JobService:
 
     async def _submit(self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None) -> Job:
         valid = validation.validate(request)
+        await self.pipelines.ensure(request.pipeline_id)
         pipeline = self.pipelines.resolve(request.pipeline_id)
         in_store = self.router.store_for(valid.input, "input")
         self.router.store_for(valid.output_file, "snapshot_config.output_file")

@@ -69,6 +69,9 @@ class PipelineRegistry:
         self._pipelines: dict[str, Pipeline] = {}
         self._lock = asyncio.Lock()
         self.listeners: list[Listener] = []
+        #: Other processes (replicas) change pipelines too: an unknown id is looked up in the
+        #: store before it is refused (their NOTIFY may not have arrived yet).
+        self.shared = False
 
     async def load(self) -> None:
         """Read pipelines from the store; create the default pipeline on first start."""
@@ -77,6 +80,11 @@ class PipelineRegistry:
             default = self._new("Default", is_default=True)
             await self._store.put_pipeline(default)
             self._pipelines[default.id] = default
+
+    async def ensure(self, pipeline_id: str) -> None:
+        """Make sure a pipeline another replica has just created is known here."""
+        if self.shared and pipeline_id and pipeline_id not in self._pipelines:
+            await self.refresh()
 
     async def refresh(self) -> None:
         """Re-read pipelines changed elsewhere (another replica) and tell the listeners of
@@ -171,6 +179,7 @@ class PipelineRegistry:
         return pipeline
 
     async def update(self, pipeline_id: str, changes: PipelineChanges) -> Pipeline:
+        await self.ensure(pipeline_id)
         current = self.resolve_existing(pipeline_id)
         _check_name(changes.name)
         try:
@@ -223,6 +232,7 @@ class PipelineRegistry:
         return matching[start : start + page_size], len(matching), page_number, page_size
 
     async def delete(self, pipeline_id: str) -> None:
+        await self.ensure(pipeline_id)
         pipeline = self.resolve_existing(pipeline_id)
         if pipeline.is_default:
             raise InvalidState("The default pipeline cannot be deleted.", code="IncorrectPipelineState")
