@@ -161,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_listen=args.http_listen,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         log_format=args.log_format,
+        database_url=args.database_url,
     )
     configure_logging(settings.log_level, settings.log_format)
     asyncio.run(App(settings).serve_forever())
@@ -182,6 +183,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="storage and database folder (env MPS_SNAPSHOT_DATA_DIR; default ./data)")
     serve.add_argument("--config", help="TOML settings file (env MPS_SNAPSHOT_CONFIG)")
     serve.add_argument("--log-format", choices=["text", "json"], help="log lines (env MPS_SNAPSHOT_LOG_FORMAT)")
+    serve.add_argument(
+        "--database-url",
+        help="PostgreSQL DSN shared by several replicas (env MPS_SNAPSHOT_DATABASE_URL; default: SQLite, one server)",
+    )
     hashing = sub.add_parser("hash-secret", help="print the access_key_hash to configure for a secret")
     hashing.add_argument("--secret", help="the secret (default: read from standard input)")
     put = sub.add_parser("put", help="copy a local file into the embedded store")

@@ -30,6 +30,16 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
 fi
 
 if [ "${1:-}" = "--dev" ]; then
+    # PostgreSQL binaries for the multi-replica tests: scripts/pg-test-cluster.sh starts a
+    # throwaway cluster with them when no server answers on 127.0.0.1:5432.
+    if command -v apt-get >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+        echo "== installing PostgreSQL (Debian package) for the multi-replica tests"
+        SUDO=""
+        if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    fi
+
     # The Node.js client (clients/node): npm packages from package-lock.json, only when the
     # lock file is newer than the last install (npm writes node_modules/.package-lock.json).
     if command -v npm >/dev/null; then

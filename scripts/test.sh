@@ -18,4 +18,7 @@ else
     echo "skipped: no previous commit with protos/ to compare with (single-commit or shallow clone)"
 fi
 echo "== pytest"
-exec .venv/bin/pytest "$@"
+# PostgreSQL for the multi-replica tests: the machine's own, or a throwaway cluster.
+eval "$(bash scripts/pg-test-cluster.sh start)"
+trap 'bash scripts/pg-test-cluster.sh stop' EXIT
+.venv/bin/pytest "$@"

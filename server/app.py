@@ -13,6 +13,10 @@ from pathlib import Path
 
 from grpc import aio
 
+from server.cluster import wiring
+from server.cluster.fencing import fenced
+from server.cluster.guard import ClusterGuard
+from server.cluster.scheduler import ClusterScheduler
 from server.config import Settings
 from server.domain.errors import DiskFull, MpsError
 from server.health import HealthMonitor
@@ -39,6 +43,9 @@ from server.security.secrets import principal_keys
 from server.storage.local import LocalStore
 from server.storage.router import Route, StorageRouter
 from server.storage.s3 import S3Options, S3Store, open_stores
+from server.store.base import Store
+from server.store.datalock import DataDirLock
+from server.store.postgres import PostgresStore
 from server.store.sqlite import SqliteStore
 
 log = logging.getLogger("mps_snapshot")
@@ -102,7 +109,7 @@ def _check_address(settings: Settings, address: str) -> None:
         )
 
 
-def build_guard(settings: Settings) -> Guard:
+def build_guard(settings: Settings, postgres: PostgresStore | None = None) -> Guard:
     principals = []
     for p in settings.principals:
         key_hash, secret = principal_keys(p.access_key_id, p.access_key_hash, p.access_key_secret_file)
@@ -117,6 +124,8 @@ def build_guard(settings: Settings) -> Guard:
             )
         )
     limits = {"submit": settings.rate_submit, "query": settings.rate_query, "pipeline": settings.rate_pipeline}
+    if postgres is not None:
+        return ClusterGuard(Authenticator(principals), limits, settings.max_watch_streams, postgres)
     return Guard(Authenticator(principals), RateLimiter(limits), settings.max_watch_streams)
 
 
@@ -139,11 +148,21 @@ class App:
         s = self.settings = with_bootstrap_key(self.settings)
         check_exposure(s)
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SqliteStore(s.db_path)
+        self._data_lock = DataDirLock(s.data_dir)
+        self._data_lock.acquire()
+        self.postgres: PostgresStore | None = None
+        self.store: Store
+        if s.database_url:
+            wiring.check_settings(s)
+            self.store = self.postgres = await wiring.open_store(s)
+        else:
+            self.store = SqliteStore(s.db_path)
         self.local = LocalStore(s.data_dir)
         self.local.sweep()
         self.router = build_router(s, self.local)
         await open_stores(r.store for r in self.router.routes)
+        if self.postgres is not None:
+            self.router = fenced(self.router)  # a replica that lost a job's lease publishes nothing
         backends = {id(self.local): "local"}
         self.router.routes = [
             Route(r.pattern, ObservedStore(r.store, backends.get(id(r.store), "s3"), self.telemetry))
@@ -168,7 +187,12 @@ class App:
         self.pipelines = PipelineRegistry(
             self.store, default_max_jobs=s.pipeline_max_concurrent_jobs, default_capacity=s.pipeline_queue_capacity
         )
-        await self.pipelines.load()
+        if self.postgres is not None:
+            self.pipelines.shared = True
+            async with self.postgres.startup_lock():  # one default pipeline however many replicas start
+                await self.pipelines.load()
+        else:
+            await self.pipelines.load()
         self.jobs = JobService(
             store=self.store,
             router=self.router,
@@ -193,16 +217,29 @@ class App:
             notify_wanted=self.notifications.wanted,
             max_sprite_pixels=s.max_sprite_pixels,
         )
-        self.scheduler = Scheduler(
-            jobs=self.jobs,
-            runner=self.runner,
-            registry=self.pipelines,
-            notifications=self.notifications,
-            max_attempts=s.max_attempts,
-            retry_backoff_s=s.fault_retry_backoff_s,
-        )
+        self.scheduler: Scheduler | ClusterScheduler
+        if self.postgres is not None:
+            self.scheduler = ClusterScheduler(
+                jobs=self.jobs,
+                runner=self.runner,
+                registry=self.pipelines,
+                notifications=self.notifications,
+                store=self.postgres,
+                slots=s.replica_jobs or s.max_ffmpeg_processes,
+                lease_s=s.lease_s,
+                max_attempts=s.max_attempts,
+            )
+        else:
+            self.scheduler = Scheduler(
+                jobs=self.jobs,
+                runner=self.runner,
+                registry=self.pipelines,
+                notifications=self.notifications,
+                max_attempts=s.max_attempts,
+                retry_backoff_s=s.fault_retry_backoff_s,
+            )
         await self.scheduler.start()
-        self.guard = build_guard(s)
+        self.guard = build_guard(s, self.postgres)
         tls = bool(s.tls_cert_file)
         self._server, self.health = rpc_server.build(
             self.jobs,
@@ -246,6 +283,8 @@ class App:
 
     def pipeline_load(self, pipeline_id: str) -> tuple[int, int]:
         """(waiting, running) async jobs of a pipeline."""
+        if not isinstance(self.scheduler, Scheduler):
+            return (0, 0)  # PostgreSQL mode: queues live in the database, not in this replica
         runtime = self.scheduler.runtimes.get(pipeline_id)
         return (runtime.waiting, runtime.busy) if runtime is not None else (0, 0)
 
@@ -255,7 +294,7 @@ class App:
             metrics.jobs.labels(state, pipeline).set(count)
         metrics.queue_depth.clear()
         metrics.running_jobs.clear()
-        for pipeline_id in self.scheduler.runtimes:
+        for pipeline_id in self.scheduler.runtimes if isinstance(self.scheduler, Scheduler) else ():
             waiting, running = self.pipeline_load(pipeline_id)
             metrics.queue_depth.labels(pipeline_id).set(waiting)
             metrics.running_jobs.labels(pipeline_id).set(running)
@@ -317,6 +356,7 @@ class App:
         await self.router.close()
         await self.store.close()
         self.telemetry.tracing.shutdown()
+        self._data_lock.release()
         log.info("stopped")
 
     async def serve_forever(self) -> None:

@@ -184,6 +184,14 @@ class Settings:
     #: HTTP/2 streams one connection may have open at once; 0 uses ``max_concurrent_rpcs``
     #: (a burst beyond the limit on a new connection is refused with UNAVAILABLE by gRPC).
     max_concurrent_streams: int = 0
+    #: Several replicas: a PostgreSQL DSN (postgresql://user:password@host:5432/db) they share
+    #: for jobs, pipelines, leases and limits. Empty: SQLite in the data folder, one process.
+    database_url: str = field(default="", repr=False)
+    #: PostgreSQL mode: how long a claimed job's lease lasts without renewal, in seconds
+    #: (renewed every third of it); a replica that stops renewing loses its jobs after this.
+    lease_s: float = 15.0
+    #: PostgreSQL mode: jobs this replica runs at once (0: max_ffmpeg_processes).
+    replica_jobs: int = 0
     #: Storage routes, tried in order (from the TOML file's [[storage]] tables).
     storage: tuple[StorageRoute, ...] = (StorageRoute(),)
 

@@ -27,6 +27,12 @@ class JobEvents:
             if not watchers:
                 del self._watchers[job_id]
 
+    def watching(self, job_id: str) -> bool:
+        return job_id in self._watchers
+
+    def watched(self) -> list[str]:
+        return list(self._watchers)
+
     def publish(self, kind: str, job: Job) -> None:
         for queue in list(self._watchers.get(job.id, ())):
             try:

@@ -38,7 +38,8 @@ from server.pipelines import PipelineRegistry
 from server.storage.base import ObjectInfo, ObjectStore
 from server.storage.router import StorageRouter
 from server.store import codec
-from server.store.sqlite import JobFilter, SqliteStore
+from server.store.base import JobQuery as JobFilter
+from server.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class JobService:
     def __init__(
         self,
         *,
-        store: SqliteStore,
+        store: Store,
         router: StorageRouter,
         engine: MediaEngine,
         pipelines: PipelineRegistry,
@@ -139,7 +140,7 @@ class JobService:
         lock = self._token_locks.setdefault(key, asyncio.Lock())
         try:
             # Concurrent retries with one token wait for the first, then find its job.
-            async with lock:
+            async with lock, self.store.token_lock(principal, client_token):
                 digest = hashlib.sha256(codec.dumps(request).encode()).hexdigest()
                 since = now() - TOKEN_WINDOW
                 found = await self.store.get_token(principal, client_token, since)
@@ -163,6 +164,7 @@ class JobService:
         self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None, owner: str = ""
     ) -> Job:
         valid = validation.validate(request)
+        await self.pipelines.ensure(request.pipeline_id)
         pipeline = self.pipelines.resolve(request.pipeline_id)
         in_store = self.router.store_for(valid.input, "input")
         self.router.store_for(valid.output_file, "snapshot_config.output_file")

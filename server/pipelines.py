@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from server.domain.errors import InvalidParameter, InvalidState, ResourceNotFound
 from server.domain.models import NotifyConfig, Pipeline, PipelineState
 from server.ids import new_id
-from server.store.sqlite import SqliteStore
+from server.store.base import Store
 
 MAX_NAME_BYTES = 128
 MAX_IDS = 10
@@ -62,13 +62,16 @@ def _check_limits(max_jobs: int | None, capacity: int | None) -> None:
 
 
 class PipelineRegistry:
-    def __init__(self, store: SqliteStore, *, default_max_jobs: int, default_capacity: int) -> None:
+    def __init__(self, store: Store, *, default_max_jobs: int, default_capacity: int) -> None:
         self._store = store
         self._default_max_jobs = default_max_jobs
         self._default_capacity = default_capacity
         self._pipelines: dict[str, Pipeline] = {}
         self._lock = asyncio.Lock()
         self.listeners: list[Listener] = []
+        #: Other processes (replicas) change pipelines too: an unknown id is looked up in the
+        #: store before it is refused (their NOTIFY may not have arrived yet).
+        self.shared = False
 
     async def load(self) -> None:
         """Read pipelines from the store; create the default pipeline on first start."""
@@ -77,6 +80,21 @@ class PipelineRegistry:
             default = self._new("Default", is_default=True)
             await self._store.put_pipeline(default)
             self._pipelines[default.id] = default
+
+    async def ensure(self, pipeline_id: str) -> None:
+        """Make sure a pipeline another replica has just created is known here."""
+        if self.shared and pipeline_id and pipeline_id not in self._pipelines:
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Re-read pipelines changed elsewhere (another replica) and tell the listeners of
+        each one added, changed or removed."""
+        async with self._lock:
+            fresh = {p.id: p for p in await self._store.list_pipelines()}
+            old, self._pipelines = self._pipelines, fresh
+        for pipeline_id in old.keys() | fresh.keys():
+            if old.get(pipeline_id) != fresh.get(pipeline_id):
+                await self._notify(fresh.get(pipeline_id), pipeline_id)
 
     def _new(
         self,
@@ -161,6 +179,7 @@ class PipelineRegistry:
         return pipeline
 
     async def update(self, pipeline_id: str, changes: PipelineChanges) -> Pipeline:
+        await self.ensure(pipeline_id)
         current = self.resolve_existing(pipeline_id)
         _check_name(changes.name)
         try:
@@ -213,6 +232,7 @@ class PipelineRegistry:
         return matching[start : start + page_size], len(matching), page_number, page_size
 
     async def delete(self, pipeline_id: str) -> None:
+        await self.ensure(pipeline_id)
         pipeline = self.resolve_existing(pipeline_id)
         if pipeline.is_default:
             raise InvalidState("The default pipeline cannot be deleted.", code="IncorrectPipelineState")

@@ -81,7 +81,7 @@ def _cert_cn(context: aio.ServicerContext[Any, Any]) -> str | None:
     return names[0].decode() if names else None
 
 
-def _admit(
+async def _admit(
     owner: Guarded, method: str, request: object, context: aio.ServicerContext[Any, Any], request_id: str
 ) -> Call:
     if isinstance(request, Undecodable):
@@ -92,6 +92,7 @@ def _admit(
     metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
     full_method = f"/{type(owner).SERVICE}/{method}"  # type: ignore[attr-defined]
     principal = owner.guard.admit(method, full_method, metadata, _cert_cn(context))
+    await owner.guard.admit_shared(principal, method, metadata)
     principal_var.set(principal.name)
     return Call(request_id=request_id, principal=principal, method=method, guard=owner.guard)
 
@@ -118,7 +119,7 @@ def unary(fn: Handler[Req, Resp]) -> Callable[[Any, Req, aio.ServicerContext[Req
         started = time.monotonic()
         error: MpsError | None = None
         try:
-            call = _admit(self, fn.__name__, request, context, request_id)
+            call = await _admit(self, fn.__name__, request, context, request_id)
             response = await fn(self, request, context, call)
         except MpsError as exc:
             error = exc
@@ -148,7 +149,7 @@ def server_stream(
         request_id_var.set(request_id)
         error: MpsError | None = None
         try:
-            call = _admit(self, fn.__name__, request, context, request_id)
+            call = await _admit(self, fn.__name__, request, context, request_id)
             with self.guard.watch_slot(call.principal):
                 async for item in fn(self, request, context, call):
                     yield item

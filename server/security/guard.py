@@ -49,6 +49,10 @@ class Guard:
                 "(an explicit Deny overrides any Allow)."
             )
 
+    async def admit_shared(self, principal: Principal, method: str, metadata: Mapping[str, str]) -> None:
+        """Checks on state shared by several replicas (server/cluster/guard.py); nothing
+        to do for a single process."""
+
     def authorize(self, principal: Principal, method: str, resources: tuple[str, ...]) -> None:
         action = ACTIONS[method]
         if not is_allowed(principal.statements, action, resources):

@@ -4,21 +4,20 @@ survives a crash of the process or the machine)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from server.domain.errors import InvalidParameter, StoreUnavailable
+from server.domain.errors import StoreUnavailable
 from server.domain.models import Job, JobState, Pipeline
 from server.store import codec
+from server.store.base import JobQuery, LocalLocks, decode_page_token, encode_page_token
+from server.store.base import us as _us
 
 T = TypeVar("T")
 
@@ -50,16 +49,8 @@ CREATE TABLE IF NOT EXISTS pipelines (
 """
 
 
-def _us(ts: datetime) -> int:
-    return int(ts.timestamp() * 1_000_000)
-
-
-@dataclass(frozen=True)
-class JobFilter:
-    state: str = ""
-    pipeline_id: str = ""
-    created_from: datetime | None = None
-    created_to: datetime | None = None
+#: The old name of JobQuery, kept for importers.
+JobFilter = JobQuery
 
 
 class SqliteStore:
@@ -73,6 +64,7 @@ class SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        self._token_locks = LocalLocks()
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=5000")
@@ -160,7 +152,7 @@ class SqliteStore:
             where.append("created_us <= ?")
             args.append(_us(flt.created_to))
         if token:
-            created, last_id = _decode_token(token)
+            created, last_id = decode_page_token(token)
             where.append("(created_us < ? OR (created_us = ? AND id < ?))")
             args += [created, created, last_id]
         sql = (
@@ -171,7 +163,7 @@ class SqliteStore:
         more = len(rows) > page_size
         rows = rows[:page_size]
         jobs = [codec.loads(Job, r[2]) for r in rows]
-        next_token = _encode_token(rows[-1][1], rows[-1][0]) if more and rows else ""
+        next_token = encode_page_token(rows[-1][1], rows[-1][0]) if more and rows else ""
         return jobs, next_token
 
     async def jobs_in_states(self, states: tuple[JobState, ...]) -> list[Job]:
@@ -223,6 +215,9 @@ class SqliteStore:
 
         await self._call(write)
 
+    def token_lock(self, principal: str, token: str) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._token_locks.hold(principal, token)
+
     # Pipelines
 
     async def put_pipeline(self, pipeline: Pipeline) -> None:
@@ -241,19 +236,3 @@ class SqliteStore:
     async def list_pipelines(self) -> list[Pipeline]:
         rows = await self._call(lambda c: c.execute("SELECT doc FROM pipelines ORDER BY created_us, id").fetchall())
         return [codec.loads(Pipeline, r[0]) for r in rows]
-
-
-def _encode_token(created_us: int, job_id: str) -> str:
-    raw = json.dumps([created_us, job_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        created, job_id = json.loads(raw)
-        return int(created), str(job_id)
-    except (ValueError, TypeError):
-        raise InvalidParameter.field(
-            "next_page_token", "NextPageToken is not one this server returned; start again without it."
-        ) from None
