@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from server.domain import planning, sprites, validation
+from server.domain import percent, planning, sprites, validation
 from server.domain.errors import (
     FieldViolation,
     IdempotentParameterMismatch,
@@ -24,7 +24,7 @@ from server.domain.errors import (
 from server.domain.models import Job, JobState, SnapshotImage, SnapshotRequest
 from server.events import JobEvents
 from server.ids import new_id
-from server.media.argv import Encoding
+from server.media import encodings
 from server.media.engine import MediaEngine, Priority
 from server.pipelines import PipelineRegistry
 from server.storage.base import ObjectInfo, ObjectStore
@@ -248,7 +248,7 @@ class JobService:
         )
         # Past the end is judged by the decode (the display end of the last frame), not by
         # the probe's duration, which some containers only estimate.
-        time_ms = config.time or 0
+        time_ms = percent.start_ms(config, info.duration_s * 1000)
         out = valid.output_file
         out_store = self.router.store_for(out, "snapshot_config.output_file")
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
@@ -258,13 +258,13 @@ class JobService:
                 info,
                 time_s=time_ms / 1000,
                 frame_type=valid.frame_type,
-                enc=Encoding(config.width, config.height),
+                enc=encodings.snapshots(valid, info),
                 workdir=workdir,
                 wall_seconds=limit,
                 priority=Priority.SYNC,
             )
             written.append((out_store, out.bucket, key))
-            await out_store.put_file(out.bucket, key, frame.path, "image/jpeg")
+            await out_store.put_file(out.bucket, key, frame.path, valid.image_format.content_type)
         image = SnapshotImage(
             object=key,
             time_ms=media_time_ms(frame.time_s),

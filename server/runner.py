@@ -20,7 +20,7 @@ from server.domain import extraction, planning, sprites, validation
 from server.domain.errors import InternalError, MpsError, ResourceContentBad
 from server.domain.models import FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
-from server.media.argv import Encoding
+from server.media import encodings
 from server.media.capture import Frame, PastTheEnd
 from server.media.engine import MediaEngine
 from server.media.probe import MediaInfo
@@ -187,7 +187,7 @@ class JobRunner:
         chunks: list[tuple[extraction.Mode | None, list[int]]] = [(None, [0])] if first else []
         chunks += [(c.mode, [i + first for i in c.indexes]) for c in xplan.chunks]
 
-        enc = Encoding(width, height, full_chroma=cells_only)
+        enc = encodings.cells(valid, info, size) if cells_only else encodings.snapshots(valid, info)
 
         async def run_chunk(number: int, mode: extraction.Mode | None, indexes: list[int]) -> list[Frame | None]:
             folder = workdir / f"c{number:05d}"
@@ -298,9 +298,7 @@ class _Outputs:
         self.layout: sprites.Layout | None = None
         if config.tile_out is not None and valid.tile_name is not None and config.tile_output_file is not None:
             self.tile_store = runner.router.store_for(config.tile_output_file, "snapshot_config.tile_output_file")
-            self.layout = sprites.layout(
-                config.tile_out, info.output_size(config.width, config.height), valid.background
-            )
+            self.layout = sprites.layout(config.tile_out, encodings.output_size(valid, info), valid.background)
             sprites.check_size(self.layout, runner.max_sprite_pixels)
         self.images: list[SnapshotImage] = []
         self.sprites: list[SpriteImage] = []
@@ -318,7 +316,7 @@ class _Outputs:
         config = self.valid.config
         if self.layout is None or self.keep:
             return config.width, config.height
-        frame = self.info.output_size(config.width, config.height)
+        frame = encodings.output_size(self.valid, self.info)
         _, _, w, h = sprites.fit(frame, (self.layout.cell_width, self.layout.cell_height))
         return w, h
 
@@ -365,7 +363,7 @@ class _Outputs:
                 input_key=valid.input_key, count=len(self.images) + 1, snapshot_time_ms=point.time_ms
             )
             self.written.items.append((self.out_store, valid.output_file.bucket, key))
-            await self.out_store.put_file(valid.output_file.bucket, key, frame.path, "image/jpeg")
+            await self.out_store.put_file(valid.output_file.bucket, key, frame.path, valid.image_format.content_type)
             self.images.append(
                 SnapshotImage(
                     object=key,
@@ -410,11 +408,12 @@ class _Outputs:
         self.canvas = None
         number = len(self.sprites) + 1
         path = workdir / f"sprite{number:05d}.jpg"
-        await asyncio.to_thread(canvas.save, path)
+        fmt = self.valid.sprite_format
+        await asyncio.to_thread(canvas.save, path, fmt, config.quality, bool(config.lossless))
         key = self._sprite_key(number)
         bucket = config.tile_output_file.bucket
         self.written.items.append((self.tile_store, bucket, key))
-        await self.tile_store.put_file(bucket, key, path, "image/jpeg")
+        await self.tile_store.put_file(bucket, key, path, fmt.content_type)
         path.unlink(missing_ok=True)
         self.sprites.append(
             SpriteImage(object=key, cell_count=canvas.cells, width=canvas.layout.width, height=canvas.layout.height)
@@ -449,7 +448,7 @@ class _Outputs:
                 "No image could be taken: no keyframe lies near any requested time; "
                 "use FrameType normal, or a longer Interval."
             )
-        if self.valid.config.format.lower() == "vtt":
+        if self.valid.vtt:
             await self._write_vtt(workdir)
         if self.sprites and self.layout is not None:
             await self._write_storyboard(workdir)

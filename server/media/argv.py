@@ -20,6 +20,8 @@ from typing import Any
 
 import ffmpeg
 
+from server.domain.fit import Geometry
+from server.domain.formats import DEFAULT_WEBP_QUALITY, ImageFormat, jpeg_qscale
 from server.media.hardening import input_options
 
 #: mjpeg -q:v 2: visually lossless stills.
@@ -49,6 +51,17 @@ class Encoding:
     width: int | None = None
     height: int | None = None
     full_chroma: bool = False
+    # Beyond MPS (the defaults write exactly what MPS requests always got). Files keep
+    # their .jpg names whatever the codec: image2 writes what -c:v encodes, and capture
+    # checks the written image by its content.
+    image: ImageFormat = ImageFormat.JPEG
+    #: Quality 1-100 for JPEG and lossy WebP (None: the format's default).
+    quality: int | None = None
+    lossless: bool = False
+    #: Fit modes and no-upscale limits (domain.fit); None: sized from width/height as MPS.
+    geometry: Geometry | None = None
+    #: Tone-map HDR to SDR BT.709 (media.hdr.tone_map_chain), applied after scaling.
+    tone_map: str | None = None
 
 
 def scale_chain(enc: Encoding, name: str) -> str:
@@ -57,6 +70,8 @@ def scale_chain(enc: Encoding, name: str) -> str:
     Sizes follow the display aspect ratio (dar = iw/ih*sar), after ffmpeg's auto-rotation;
     "+0.5" because scale truncates its expressions (probe.MediaInfo.output_size mirrors it)."""
     w, h = enc.width, enc.height
+    if enc.geometry is not None or enc.tone_map is not None:
+        return _extended_chain(enc, name)
     if w and h:
         scale = f"scale=w={w}:h={h}:flags={SCALE_FLAGS}"
     elif w:
@@ -66,6 +81,25 @@ def scale_chain(enc: Encoding, name: str) -> str:
     else:
         scale = f"scale=w=iw*sar+0.5:h=ih:flags={SCALE_FLAGS}"
     return f"{scale},setsar=1,{log(name)}"
+
+
+def _extended_chain(enc: Encoding, name: str) -> str:
+    """Scaling with a fit geometry and/or tone mapping. Tone mapping runs after scaling:
+    on thumbnail-sized frames it costs a fraction of a full-size pass."""
+    g = enc.geometry
+    if g is not None:
+        steps = [f"scale=w={g.scale[0]}:h={g.scale[1]}:flags={SCALE_FLAGS}", "setsar=1"]
+        if g.crop is not None:
+            steps.append("crop=w={}:h={}:x={}:y={}".format(*g.crop))
+        if g.pad is not None:
+            r, gr, b = g.color
+            steps.append("pad=w={}:h={}:x={}:y={}".format(*g.pad) + f":color=0x{r:02x}{gr:02x}{b:02x}")
+    else:
+        plain = scale_chain(Encoding(enc.width, enc.height, enc.full_chroma), name)
+        steps = [plain.rsplit(",", 1)[0]]  # the MPS sizing without its showinfo
+    if enc.tone_map is not None:
+        steps.append(enc.tone_map)
+    return ",".join([*steps, log(name)])
 
 
 def log(name: str) -> str:
@@ -86,8 +120,20 @@ def _jpeg(enc: Encoding, **extra: Any) -> dict[str, Any]:
         "f": "image2",
         **extra,
     }
-    if enc.full_chroma:
-        opts["pix_fmt"] = "yuvj444p"
+    if enc.image is ImageFormat.PNG:
+        del opts["q:v"]
+        opts.update({"c:v": "png", "pix_fmt": "rgb24"})
+    elif enc.image is ImageFormat.WEBP:
+        del opts["q:v"]
+        quality = DEFAULT_WEBP_QUALITY if enc.quality is None else enc.quality
+        # Lossless WebP is RGB inside (and libwebp has no 4:4:4): hand it RGB in those cases.
+        pix = "bgra" if enc.lossless or enc.full_chroma else "yuv420p"
+        opts.update({"c:v": "libwebp", "lossless": int(enc.lossless), "quality": quality, "pix_fmt": pix})
+    else:
+        if enc.quality is not None:
+            opts["q:v"] = jpeg_qscale(enc.quality)
+        if enc.full_chroma:
+            opts["pix_fmt"] = "yuvj444p"
     return opts
 
 

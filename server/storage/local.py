@@ -64,9 +64,9 @@ class LocalStore:
         return InputHandle(url="file:" + str(self.path(bucket, key).resolve()), protocols=("file",))
 
     async def put_file(self, bucket: str, key: str, path: Path, content_type: str) -> None:
-        await asyncio.to_thread(self._put, self.path(bucket, key), path)
+        await asyncio.to_thread(self._put, self.path(bucket, key), path, content_type)
 
-    def _put(self, dest: Path, src: Path) -> None:
+    def _put(self, dest: Path, src: Path, content_type: str = "") -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.uploads / f"{uuid.uuid4().hex}.part"
         try:
@@ -75,6 +75,12 @@ class LocalStore:
                     fout.write(chunk)
                 fout.flush()
                 os.fsync(fout.fileno())
+            if content_type:
+                # A folder has no content type: it is kept in the file's user.mime_type
+                # attribute (the name Apache and nginx modules read), where the filesystem
+                # supports extended attributes.
+                with contextlib.suppress(OSError):
+                    os.setxattr(tmp, "user.mime_type", content_type.encode())
             # rename is atomic: readers see the old object or the whole new one.
             os.replace(tmp, dest)
         finally:
