@@ -5,8 +5,9 @@ Detected from the stream's transfer tag (ffprobe's color_transfer). The chain us
 (ffmpeg's zscale, in Debian's ffmpeg) for the exact transfer and primaries conversions and
 ffmpeg's tonemap with the Mobius curve in linear light (tones up to near white stay linear,
 only highlights are compressed: on PQ test media made from an SDR master it came 29 grey
-levels from the master where Hable came 54); it runs after scaling, on thumbnail-sized frames. The input's tags are stated explicitly (tin/pin/min) rather than read from each
-frame, so a stream whose frames lack the side data is converted as its header says.
+levels from the master where Hable came 54); it runs after scaling, on thumbnail-sized frames.
+The input's tags are stated explicitly (tin/pin/min) rather than read from each frame, so a
+stream whose frames lack the side data is converted as its header says.
 """
 
 from __future__ import annotations
