@@ -130,6 +130,8 @@ class JobService:
         self.router.store_for(valid.output_file, "snapshot_config.output_file")
         if valid.config.tile_output_file is not None and valid.config.tile_out is not None:
             self.router.store_for(valid.config.tile_output_file, "snapshot_config.tile_output_file")
+        if valid.config.animated_output_file is not None and valid.config.animated_out is not None:
+            self.router.store_for(valid.config.animated_output_file, "snapshot_config.animated_output_file")
         head = await in_store.head(valid.input.bucket, valid.input_key)
         job = Job(
             id=new_id(),

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from server.domain import extraction, planning, sprites, validation
 from server.domain.errors import InternalError, MpsError, ResourceContentBad
-from server.domain.models import FrameType, Job, JobState, SnapshotImage, SpriteImage
+from server.domain.models import AnimatedImage, FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
-from server.media import encodings
+from server.media import animate, encodings
 from server.media.capture import Frame, PastTheEnd
 from server.media.engine import MediaEngine
 from server.media.probe import MediaInfo
@@ -96,6 +96,7 @@ class JobRunner:
                 images=(),
                 sprites=(),
                 tile_count=0,
+                animated=None,
             )
         job = dataclasses.replace(job, finish_time=now(), notify_pending=self.notify_wanted(job))
         await asyncio.shield(self.jobs.save(job))
@@ -135,6 +136,8 @@ class JobRunner:
                     if frame is None or outputs.repeats(frame):
                         continue  # intra: no keyframe near this point, or the same keyframe again
                     await outputs.add(point, frame, workdir)
+            if valid.config.animated_out is not None:
+                await outputs.write_animation(await fresh_handle(), workdir)
             await outputs.finish(workdir)
         return outputs.job
 
@@ -342,6 +345,7 @@ class _Outputs:
             sprites=(),
             count=0,
             tile_count=0,
+            animated=None,
         )
         return self.job
 
@@ -459,6 +463,34 @@ class _Outputs:
             images=tuple(self.images),
             sprites=tuple(self.sprites),
             tile_count=len(self.sprites),
+        )
+
+    async def write_animation(self, handle: InputHandle, workdir: Path) -> None:
+        """The animated preview (beyond MPS), from its own decode of its time range."""
+        valid = self.valid
+        anim, ref, name = valid.config.animated_out, valid.config.animated_output_file, valid.animated_name
+        assert anim is not None and ref is not None and name is not None
+        store = self.runner.router.store_for(ref, "snapshot_config.animated_output_file")
+        key = name.render(input_key=valid.input_key)
+        spec = animate.plan(anim, self.info, key, encodings.tone_map(valid, self.info))
+        folder = workdir / "animated"
+        folder.mkdir()
+        preview = await self.runner.engine.animate(
+            handle, spec, workdir=folder, wall_seconds=self.runner.timeout, max_bytes=anim.max_bytes or 0
+        )
+        self.written.items.append((store, ref.bucket, key))
+        await store.put_file(ref.bucket, key, preview.path, f"image/{preview.format}")
+        self.job = dataclasses.replace(
+            self.job,
+            animated=AnimatedImage(
+                object=key,
+                format=preview.format,
+                frame_count=preview.frame_count,
+                duration_ms=preview.duration_ms,
+                width=preview.width,
+                height=preview.height,
+                bytes=preview.bytes,
+            ),
         )
 
     def _beside(self, key: str, extension: str) -> str:

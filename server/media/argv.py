@@ -311,3 +311,49 @@ def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[s
         "-i",
         url,
     ]
+
+
+@dataclass(frozen=True)
+class Animation:
+    """An animated preview (beyond MPS): ``start_s``/``duration_s`` from the presentation
+    start, ``fps`` frames a second, scaled to ``size``, at most ``frames`` frames."""
+
+    start_s: float
+    duration_s: float
+    fps: float
+    size: tuple[int, int]
+    frames: int
+    gif: bool = False
+    quality: int = 75
+    loop: int = 0
+    tone_map: str | None = None
+
+
+def animated_argv(ffmpeg_bin: str, src: Source, anim: Animation, out: Path) -> list[str]:
+    """One decode of the range (an accurate input seek), resampled to ``fps``, scaled, and
+    encoded by libwebp_anim or as a GIF with a palette made for these frames; showinfo
+    ``anim`` logs each frame written."""
+    # The input seek starts a second early: an accurate seek drops the frame still shown at
+    # the start when it began before it. fps then starts its first slot at the start itself.
+    seek = max(0.0, anim.start_s - 1.0)
+    lead = anim.start_s - seek
+    stream = _input(src, ss=f"{seek:.6f}", t=f"{lead + anim.duration_s:.6f}")["v:0"]
+    w, h = anim.size
+    # round=up: output frame k is the last frame whose time is at or before start + k/fps
+    # (the frame shown then), as for snapshots; the default rounding takes one up to half a
+    # slot later.
+    steps = [f"fps={anim.fps:g}:round=up:start_time={lead:.6f}", f"scale=w={w}:h={h}:flags={SCALE_FLAGS}", "setsar=1"]
+    if anim.tone_map is not None:
+        steps.append(anim.tone_map)
+    steps.append(log("anim"))
+    graph = ",".join(steps)
+    opts: dict[str, Any] = {"an": None, "sn": None, "dn": None, "frames:v": anim.frames, "loop": anim.loop}
+    if anim.gif:
+        # One palette for the whole preview from these very frames (diff: weighted to what
+        # moves), ordered dithering so frames compress and do not shimmer.
+        graph += ",split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=bayer:bayer_scale=3"
+        opts.update({"f": "gif", "filter:v": graph})
+    else:
+        opts.update({"f": "webp", "c:v": "libwebp_anim", "quality": anim.quality, "lossless": 0, "pix_fmt": "yuv420p"})
+        opts["filter:v"] = graph
+    return _compile(stream.output(str(out), **opts), ffmpeg_bin)

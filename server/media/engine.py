@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 
 from server.domain.models import FrameType
-from server.media import capture, process
+from server.media import animate, capture, process
 from server.media import probe as probe_mod
-from server.media.argv import Encoding, Source
+from server.media.argv import Animation, Encoding, Source
 from server.media.capture import Frame
 from server.storage.base import InputHandle
 
@@ -293,4 +293,18 @@ class MediaEngine:
                 workdir=workdir,
                 limits=self.limits(wall_seconds),
                 max_bytes=self._max_image_bytes,
+            )
+
+    async def animate(
+        self, handle: InputHandle, anim: Animation, *, workdir: Path, wall_seconds: float, max_bytes: int
+    ) -> animate.Preview:
+        """An animated preview (beyond MPS), bounded by ``max_bytes`` and the image limit."""
+        async with self._slot():
+            return await animate.render(
+                self.ffmpeg,
+                Source(handle.url, handle.protocols),
+                anim,
+                workdir=workdir,
+                limits=self.limits(wall_seconds),
+                max_bytes=min(max_bytes, self._max_image_bytes) if max_bytes else self._max_image_bytes,
             )
