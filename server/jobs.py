@@ -265,6 +265,19 @@ class JobService:
                 wall_seconds=limit,
                 priority=Priority.SYNC,
             )
+            replaced = ""
+            if config.smart_pick is not None:
+                frame, replaced = await self.engine.smart_pick(
+                    handle,
+                    info,
+                    frame,
+                    time_s=time_ms / 1000,
+                    smart=config.smart_pick,
+                    enc=encodings.snapshots(valid, info),
+                    workdir=workdir,
+                    wall_seconds=limit,
+                    priority=Priority.SYNC,
+                )
             written.append((out_store, out.bucket, key))
             await out_store.put_file(out.bucket, key, frame.path, valid.image_format.content_type)
         image = SnapshotImage(
@@ -273,6 +286,7 @@ class JobService:
             requested_time_ms=float(time_ms),
             width=frame.width,
             height=frame.height,
+            replaced=replaced,
         )
         return dataclasses.replace(
             job, state=JobState.SUCCESS, count=1, images=(image,), images_planned=1, finish_time=now()

@@ -128,6 +128,8 @@ class JobRunner:
                 # Signed anew for every ffmpeg run: presigned URLs expire, long jobs do not.
                 return await in_store.input_handle(valid.input.bucket, valid.input_key)
 
+            outputs.fresh_handle = fresh_handle
+
             frames = self._frames(
                 fresh_handle, version, info, valid, points, first_override, workdir, outputs.capture_size()
             )
@@ -312,6 +314,9 @@ class _Outputs:
         self.prefiltered = False
         self.step_count = 0
         self.last_commit = time.monotonic()
+        #: Smart picks: a fresh input handle for each measuring run (set by the runner).
+        self.fresh_handle: Callable[[], Awaitable[InputHandle]] | None = None
+        self.black_first = False
 
     def capture_size(self) -> tuple[int | None, int | None]:
         """The size ffmpeg scales to. Without single images, frames are decoded straight to
@@ -335,6 +340,7 @@ class _Outputs:
         return points
 
     def start(self, the_plan: planning.Plan) -> Job:
+        self.black_first = the_plan.black is not None
         planned = len(the_plan.points)
         sprites_planned = self.layout.sprites_for(self.layout.cells_for(planned)) if self.layout else 0
         self.job = dataclasses.replace(
@@ -362,6 +368,23 @@ class _Outputs:
         self.taken += 1
         self.last_time = frame.time_s
         kind = "state"
+        replaced = ""
+        smart = valid.config.smart_pick
+        # MPS's black-frame rule keeps deciding the first image when it applies.
+        if smart is not None and self.fresh_handle is not None and not (index == 0 and self.black_first):
+            cells_only = self.layout is not None and not self.keep
+            frame, replaced = await self.runner.engine.smart_pick(
+                await self.fresh_handle(),
+                self.info,
+                frame,
+                time_s=point.time_ms / 1000,
+                smart=smart,
+                enc=encodings.cells(valid, self.info, self.capture_size())
+                if cells_only
+                else encodings.snapshots(valid, self.info),
+                workdir=workdir,
+                wall_seconds=self.runner.timeout,
+            )
         if self.keep:
             key = valid.output_name.render(
                 input_key=valid.input_key, count=len(self.images) + 1, snapshot_time_ms=point.time_ms
@@ -375,6 +398,7 @@ class _Outputs:
                     requested_time_ms=point.time_ms,
                     width=frame.width,
                     height=frame.height,
+                    replaced=replaced,
                 )
             )
             kind = "image"

@@ -357,3 +357,20 @@ def animated_argv(ffmpeg_bin: str, src: Source, anim: Animation, out: Path) -> l
         opts.update({"f": "webp", "c:v": "libwebp_anim", "quality": anim.quality, "lossless": 0, "pix_fmt": "yuv420p"})
         opts["filter:v"] = graph
     return _compile(stream.output(str(out), **opts), ffmpeg_bin)
+
+
+#: Width frames are measured at for smart picks: the measures are about the picture as a
+#: whole, and a small frame makes signalstats/blurdetect/entropy cheap.
+MEASURE_WIDTH = 160
+
+
+def measure_argv(ffmpeg_bin: str, src: Source, *, seek_s: float, window: tuple[float, float]) -> list[str]:
+    """Decode the frames of ``window`` (absolute, the file's clock, as ExactPoint) and print
+    each one's luma statistics (signalstats), blur (blurdetect) and entropy; nothing is written."""
+    start, end = window
+    graph = (
+        f"trim=end={end + 1e-3:.6f},select='between(t,{start:.6f},{end:.6f})',"
+        f"scale=w={MEASURE_WIDTH}:h=-2,signalstats,blurdetect,entropy,metadata=mode=print"
+    )
+    stream = _input(src, seek_s=seek_s)["v:0"]
+    return _compile(stream.output("-", f="null", **{"filter:v": graph}), ffmpeg_bin)

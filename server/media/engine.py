@@ -17,8 +17,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 
-from server.domain.models import FrameType
-from server.media import animate, capture, process
+from server.domain.models import FrameType, SmartPick
+from server.media import animate, capture, picks, process
 from server.media import probe as probe_mod
 from server.media.argv import Animation, Encoding, Source
 from server.media.capture import Frame
@@ -308,3 +308,47 @@ class MediaEngine:
                 limits=self.limits(wall_seconds),
                 max_bytes=min(max_bytes, self._max_image_bytes) if max_bytes else self._max_image_bytes,
             )
+
+    async def smart_pick(
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        frame: Frame,
+        *,
+        time_s: float,
+        smart: SmartPick,
+        enc: Encoding,
+        workdir: Path,
+        wall_seconds: float,
+        priority: Priority = Priority.ASYNC,
+    ) -> tuple[Frame, str]:
+        """Smart picks (media.picks): ``frame`` (shown at ``time_s``), or the best frame of
+        the window around it when it is black, uniform or blurred, with the reason."""
+        window_s = (smart.window or picks.DEFAULT_WINDOW_MS) / 1000
+        src = Source(handle.url, handle.protocols)
+        async with self._slot(priority):
+            measures = await picks.measure(
+                self.ffmpeg,
+                src,
+                info,
+                time_s=time_s,
+                window_s=window_s,
+                workdir=workdir,
+                limits=self.limits(wall_seconds),
+            )
+        pick = picks.choose(measures, time_s, smart.max_blur or picks.DEFAULT_MAX_BLUR)
+        if pick.time_s is None or abs(pick.time_s - frame.time_s) < 1e-6:
+            return frame, ""
+        folder = workdir / f"pick-{round(time_s * 1e6)}"
+        folder.mkdir(exist_ok=True)
+        better = await self.snapshot(
+            handle,
+            info,
+            time_s=pick.time_s,
+            frame_type=FrameType.NORMAL,
+            enc=enc,
+            workdir=folder,
+            wall_seconds=wall_seconds,
+            priority=priority,
+        )
+        return better, pick.reason
