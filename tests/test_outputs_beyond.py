@@ -4,7 +4,10 @@ plus unit tests of the pure rules (formats, fit geometry, percent)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from PIL import Image, ImageStat
 
 from client import MpsApiError, SnapshotClient
 from client.api import resources_pb2 as res
+from server.app import App
 from server.domain import fit as fitting
 from server.domain import formats, percent
 from tests.conftest import put
@@ -262,3 +266,23 @@ async def test_auto_grid_conflicts(client: SnapshotClient, bucket: str) -> None:
     req = tiled(bucket, "in%2Fmain.mp4", tile=res.TileOut(auto_cells=10), interval=2)
     with pytest.raises(MpsApiError, match="AutoCells"):
         await client.submit(req)
+
+
+async def test_cli_snapshot_beyond_mps(app: App, data_dir: Path, bucket: str, videos: dict[str, Video]) -> None:
+    put(data_dir, bucket, "in/main.mp4", videos["main"].path)
+    # The server runs on this test's event loop, so the CLI runs as a child process.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "client", "snapshot", f"{bucket}/in/main.mp4", "--out", f"{bucket}/cli/a.img",
+        "--format", "webp", "--quality", "60", "--width", "100", "--height", "100", "--fit", "pad",
+        "--pad-color", "white", "--time-percent", "20", "--smart-pick", "1000",
+        "--target", f"127.0.0.1:{app.port}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    image = json.loads(stdout)["Images"][0]
+    assert image["RequestedTime"] == 2000 and (image["Width"], image["Height"]) == (100, 100)
+    img = _stored(data_dir, bucket, "cli/a.img")
+    assert img.format == "WEBP" and img.size == (100, 100)
+    assert min(_mean(img, (0, 0, 100, 20))) > 240  # the white bar above the 100x56 picture
+    assert content_type(data_dir, bucket, "cli/a.img") == "image/webp"
