@@ -88,8 +88,8 @@ async def bench_beyond(suite: Suite) -> None:
     lines = suite.header("Outputs beyond MPS: WebP sprite and animated preview", MODULE, load, idle)
     lines += [
         f"*ours*: asynchronous `SubmitSnapshotJob`s on `{src.name}`, timed from Submit to `Success`: the sprite job "
-        "of the sprite benchmark with Format webp; an AnimatedOut of 5 s from 60 s (quick: mid-file) at 10 fps, 320 px wide (plus its "
-        f"poster snapshot at Time 0). {suite.rounds_text()}, interleaved.",
+        "of the sprite benchmark with Format webp; an AnimatedOut of 5 s from 60 s (quick: mid-file) at 10 fps, "
+        f"320 px wide (plus its poster snapshot at Time 0). {suite.rounds_text()}, interleaved.",
         "",
         *rounds_table(r, cols, ratios),
         "",
