@@ -286,3 +286,29 @@ async def test_cli_snapshot_beyond_mps(app: App, data_dir: Path, bucket: str, vi
     assert img.format == "WEBP" and img.size == (100, 100)
     assert min(_mean(img, (0, 0, 100, 20))) > 240  # the white bar above the 100x56 picture
     assert content_type(data_dir, bucket, "cli/a.img") == "image/webp"
+
+
+def test_an_mps_request_gets_the_same_ffmpeg_command() -> None:
+    """The defaults of the new Encoding fields write exactly what MPS requests always got:
+    mjpeg at q 2 through the same scale chain (no codec, pixel format or filter added)."""
+    from server.domain.fit import Geometry
+    from server.domain.formats import ImageFormat
+    from server.media import argv
+
+    src = argv.Source("file:/v.mp4", ("file",))
+    point = argv.ExactPoint(seek_s=1.0, window=(0.96, 1.0))
+    for width, height in ((None, None), (320, None), (None, 90), (320, 200)):
+        plain = argv.capture_argv("ffmpeg", src, [point], argv.Encoding(width, height), Path("/o"))
+        assert "-c:v" not in plain and "-pix_fmt" not in plain and plain[plain.index("-q:v") + 1] == "2"
+        assert "zscale" not in " ".join(plain) and "pad=" not in " ".join(plain)
+    mps = argv.capture_argv("ffmpeg", src, [point], argv.Encoding(320, 200), Path("/o"))
+    assert any("scale=w=320:h=200:flags=lanczos,setsar=1,showinfo@p0" in a for a in mps)
+    webp = argv.capture_argv(
+        "ffmpeg",
+        src,
+        [point],
+        argv.Encoding(image=ImageFormat.WEBP, quality=70, geometry=Geometry((200, 112))),
+        Path("/o"),
+    )
+    assert webp[webp.index("-c:v") + 1] == "libwebp" and webp[webp.index("-quality") + 1] == "70"
+    assert "-q:v" not in webp
