@@ -312,3 +312,28 @@ def test_an_mps_request_gets_the_same_ffmpeg_command() -> None:
     )
     assert webp[webp.index("-c:v") + 1] == "libwebp" and webp[webp.index("-quality") + 1] == "70"
     assert "-q:v" not in webp
+
+
+async def test_fit_crop_fills_sprite_cells(
+    client: SnapshotClient, data_dir: Path, bucket: str, videos: dict[str, Video]
+) -> None:
+    """Fit shapes the snapshot; a cell holds the snapshot (fit inside): square crops fill square
+    cells with no background bars, where the plain 16:9 frame would be letter-boxed."""
+    put(data_dir, bucket, "in/main.mp4", videos["main"].path)
+    tile = res.TileOut(lines=1, columns=2, cell_width=90, cell_height=90, color="#00ff00", is_keep_cell_pic=False)
+    shapes = {}
+    for fit in ("crop", ""):
+        extra: dict[str, Any] = {"width": 90, "height": 90, "fit": fit} if fit else {}
+        req = tiled(
+            bucket, "in%2Fmain.mp4", tile=tile, tile_object=f"fc{fit}/{{TileCount}}.png", interval=2, num=2, **extra
+        )
+        done = (await events_until_done(client, (await client.submit(req)).snapshot_job.id))[-1].snapshot_job
+        assert done.state == "Success", done.message
+        sprite = _stored(data_dir, bucket, done.sprites[0].object).convert("RGB")
+        assert sprite.size == (180, 90)
+        shapes[fit] = _mean(sprite, (0, 0, 180, 10))  # the top rows of both cells
+    assert shapes["crop"][1] < 200  # picture, not the green background
+    assert shapes[""][1] > 250 and shapes[""][0] < 5  # letter-box bars in the background colour
+    ref = reference_frame(videos["main"].path, 0, (160, 90)).crop((35, 0, 125, 90))
+    cropped = _stored(data_dir, bucket, "fccrop/00001.png").convert("RGB").crop((0, 0, 90, 90))
+    assert mean_diff(cropped, ref) < 4
