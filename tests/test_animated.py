@@ -57,8 +57,20 @@ async def test_animated_preview(
             }
             assert min(diffs, key=diffs.__getitem__) == 50 + 5 * n, diffs
         assert durations == [200, 200]
-    # The poster snapshot was written as well.
+    # The poster snapshot was written as well: one image, not a sequence.
     assert [i.object for i in done.images] == ["anim/poster.jpg"]
+
+
+async def test_animated_job_takes_one_poster_not_a_sequence(
+    client: SnapshotClient, data_dir: Path, bucket: str, slow_video: Video
+) -> None:
+    # 30 s: a sequence at the default 10-s Interval would take 3 images.
+    put(data_dir, bucket, "in/slow.mp4", slow_video.path)
+    req = animated(bucket, "in%2Fslow.mp4", "anim/p.webp", duration=500, fps=4)
+    req.snapshot_config.time = 3000
+    done = (await events_until_done(client, (await client.submit(req)).snapshot_job.id))[-1].snapshot_job
+    assert done.state == "Success", done.message
+    assert [(i.object, i.requested_time) for i in done.images] == [("anim/poster.jpg", 3000)]
 
 
 async def test_animated_range_is_clipped_and_bounded(

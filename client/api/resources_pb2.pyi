@@ -375,7 +375,8 @@ class SnapshotConfig(_message.Message):
     @_builtins.property
     def animated_out(self) -> Global___AnimatedOut:
         """An animated preview of a time range, written to animated_output_file. Presence makes
-        the job asynchronous.
+        the job asynchronous; with no interval, num, time_array or tile_out, the job's images
+        are one snapshot at time (a poster), not a sequence.
         """
 
     @_builtins.property

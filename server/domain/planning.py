@@ -71,7 +71,15 @@ def plan(config: SnapshotConfig, duration_s: float) -> Plan:
             "start the sequence earlier."
         )
     num = config.num
-    if num == 1:
+    poster_only = (
+        config.animated_out is not None
+        and num is None
+        and config.interval is None
+        and config.interval_percent is None
+        and config.tile_out is None
+    )
+    if num == 1 or poster_only:
+        # Num 1, or a job asynchronous only for its animated preview: one image at Time.
         times = [start]
         step_ms = None
     elif config.interval == 0:
