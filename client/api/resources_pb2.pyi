@@ -877,7 +877,9 @@ class SnapshotJob(_message.Message):
 
     @_builtins.property
     def animated(self) -> Global___AnimatedImage:
-        """The animated preview written (animated_out); unset if none (beyond MPS)."""
+        """The animated preview written (animated_out); unset if none (beyond MPS). (20 and 21
+        are images_planned and sprites_planned, added on main beside this change.)
+        """
 
     def __init__(
         self,
