@@ -179,13 +179,22 @@ class SnapshotClient:
                 return
 
     async def watch(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[sps.SnapshotJobEvent]:
-        """The job's events until it ends."""
+        """The job's events until it ends.
+
+        Leaving early (``break``, an exception, or closing the generator) cancels the call,
+        so the server frees the stream at once; use ``contextlib.aclosing(c.watch(...))``
+        to close it at a known point rather than when the generator is collected."""
         call = self.snapshots.WatchSnapshotJob(sps.WatchSnapshotJobRequest(snapshot_job_id=job_id), timeout=timeout)
         try:
             async for event in call:
                 yield event
         except aio.AioRpcError as err:
             raise from_rpc_error(err) from None
+        finally:
+            # Without this an abandoned stream stays open on the channel until it closes,
+            # and counts against the server's per-principal watch limit.
+            if not call.done():
+                call.cancel()
 
     async def wait(
         self,

@@ -4,6 +4,7 @@ mps-snapshot serve                                  # start on 127.0.0.1:50051, 
 mps-snapshot put my.mp4 videos/my.mp4               # copy a file into the embedded store
 mps-snapshot snapshot videos/my.mp4 --time 5000 --out shots/my.jpg
 mps-snapshot submit request.json                    # MPS SubmitSnapshotJob JSON
+mps-snapshot submit request.json --wait             # ... and follow it with a progress bar
 mps-snapshot query JOB_ID ... | watch JOB_ID | cancel JOB_ID | health
 """
 
@@ -24,6 +25,10 @@ from client import mps_json
 from client._client import DEFAULT_TARGET, SnapshotClient
 from client.auth import derive_key
 from client.errors import MpsApiError
+from client.progress import CopyProgress, JobProgress
+
+#: ``put`` shows bytes copied for files at least this big.
+PUT_PROGRESS_BYTES = 16 * 1024 * 1024
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -108,14 +113,23 @@ async def _client_command(args: argparse.Namespace) -> int:
             response = await client.submit(json.loads(args.text))
             _print(response)
             if args.wait and response.snapshot_job.state not in ("Success", "Fail"):
-                _print(await client.wait(response.snapshot_job.id))
+                with JobProgress(sys.stderr) as progress:
+                    final = await client.wait(
+                        response.snapshot_job.id, on_event=lambda e: progress.update(e.snapshot_job)
+                    )
+                _print(final)
             return 0
         if args.command == "query":
             _print(await client.query(args.ids, state=args.state, pipeline_id=args.pipeline))
             return 0
         if args.command == "watch":
-            async for event in client.watch(args.id):
-                _print(event)
+            if args.json:
+                async for event in client.watch(args.id):
+                    _print(event)
+                return 0
+            with JobProgress(sys.stderr) as progress:
+                final = await client.wait(args.id, on_event=lambda e: progress.update(e.snapshot_job))
+            _print(final)
             return 0
         if args.command == "cancel":
             _print(await client.cancel(args.id))
@@ -136,7 +150,12 @@ def _put(args: argparse.Namespace) -> int:
     check_bucket(bucket, "bucket")
     check_key(key, "key")
     store = LocalStore(settings.data_dir)
-    asyncio.run(store.put_file(bucket, key, source, "application/octet-stream"))
+    size = source.stat().st_size
+    if size >= PUT_PROGRESS_BYTES:
+        with CopyProgress(sys.stderr, size, source.name) as copy:
+            asyncio.run(store.put_file(bucket, key, source, "application/octet-stream", progress=copy.advance))
+    else:
+        asyncio.run(store.put_file(bucket, key, source, "application/octet-stream"))
     print(f"stored {store.path(bucket, key)}  (Bucket {bucket}, Object {quote(key, safe='')})")
     return 0
 
@@ -150,8 +169,9 @@ def _serve(args: argparse.Namespace) -> int:
         listen=args.listen,
         http_listen=args.http_listen,
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        log_format=args.log_format,
     )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(App(settings).serve_forever())
     return 0
 
@@ -165,11 +185,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", help="HOST:PORT (env MPS_SNAPSHOT_LISTEN; default 127.0.0.1:50051)")
     serve.add_argument(
         "--http-listen",
-        help="HOST:PORT of the MPS HTTP RPC endpoint for Alibaba Cloud's SDKs and CLI "
-        "(env MPS_SNAPSHOT_HTTP_LISTEN; default off)",
+        help="HOST:PORT of the HTTP listener: MPS's HTTP RPC for Alibaba Cloud's SDKs and CLI on /, "
+        "Prometheus metrics on /metrics, the web console on /console/ (env MPS_SNAPSHOT_HTTP_LISTEN; default off)",
     )
     serve.add_argument("--data-dir", help="storage and database folder (env MPS_SNAPSHOT_DATA_DIR; default ./data)")
     serve.add_argument("--config", help="TOML settings file (env MPS_SNAPSHOT_CONFIG)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log lines (env MPS_SNAPSHOT_LOG_FORMAT)")
     hashing = sub.add_parser("hash-secret", help="print the access_key_hash to configure for a secret")
     hashing.add_argument("--secret", help="the secret (default: read from standard input)")
     put = sub.add_parser("put", help="copy a local file into the embedded store")
@@ -240,6 +261,8 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--pipeline", default="")
         else:
             cmd.add_argument("id")
+            if name == "watch":
+                cmd.add_argument("--json", action="store_true", help="print each event as JSON instead of progress")
     return p
 
 

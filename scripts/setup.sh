@@ -42,6 +42,16 @@ if [ "${1:-}" = "--dev" ]; then
         echo "== npm not found: the Node.js client test (tests/test_node_client.py) will be skipped"
     fi
 
+    # Headless Chromium (Debian's package) for the web console tests (tests/test_console.py).
+    if command -v apt-get >/dev/null && ! dpkg -s chromium >/dev/null 2>&1; then
+        echo "== installing Chromium for the console tests (Debian package)"
+        SUDO=""
+        if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium fonts-dejavu-core >/dev/null
+    fi
+
     # The Go client (clients/go): Debian's Go toolchain and gRPC/protobuf sources (GOPATH
     # mode, no module downloads). golang-github-golang-protobuf-1-5-dev replaces the 1-3
     # package, whose generated-code runtime panics with current protoc-gen-go output.

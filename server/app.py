@@ -14,14 +14,20 @@ from pathlib import Path
 from grpc import aio
 
 from server.config import Settings
+from server.domain.errors import DiskFull, MpsError
+from server.health import HealthMonitor
 from server.http.listener import HttpListener, tls_context
 from server.http.mps_rpc import MpsRpc
 from server.jobs import JobService
 from server.media.engine import MediaEngine
 from server.notify import HttpNotifier, NotificationService
+from server.observability import Telemetry
+from server.observability import logging as log_setup
+from server.observability.metrics import Metrics
+from server.observability.storage import ObservedStore
+from server.observability.tracing import Tracing
 from server.pipelines import PipelineRegistry
 from server.rpc import server as rpc_server
-from server.rpc.calls import RequestIdFilter
 from server.runner import JobRunner
 from server.scheduler import Scheduler
 from server.security import bootstrap
@@ -38,13 +44,8 @@ from server.store.sqlite import SqliteStore
 log = logging.getLogger("mps_snapshot")
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def configure_logging(level: str, fmt: str = "text") -> None:
+    log_setup.configure(level, fmt)
 
 
 def build_router(settings: Settings, local: LocalStore) -> StorageRouter:
@@ -120,15 +121,19 @@ def build_guard(settings: Settings) -> Guard:
 
 
 class App:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tracing: Tracing | None = None) -> None:
         self.settings = settings
         self.port = 0
+        #: The HTTP listener's port (0: none configured).
+        self.http_port = 0
+        self.http: HttpListener | None = None
+        # Tests pass their own Tracing (an in-memory exporter); otherwise the settings decide.
+        self.telemetry = Telemetry(
+            Metrics(), tracing or Tracing.from_settings(settings.trace_exporter, settings.otlp_endpoint)
+        )
         self._server: aio.Server | None = None
         self._stopped = asyncio.Event()
-        self._health_task: asyncio.Task[None] | None = None
-        self.http: HttpListener | None = None
         self.mps_rpc: MpsRpc | None = None
-        self.http_port = 0
 
     async def start(self) -> int:
         s = self.settings = with_bootstrap_key(self.settings)
@@ -139,6 +144,11 @@ class App:
         self.local.sweep()
         self.router = build_router(s, self.local)
         await open_stores(r.store for r in self.router.routes)
+        backends = {id(self.local): "local"}
+        self.router.routes = [
+            Route(r.pattern, ObservedStore(r.store, backends.get(id(r.store), "s3"), self.telemetry))
+            for r in self.router.routes
+        ]
         self.engine = MediaEngine(
             ffmpeg=s.resolved_ffmpeg(),
             ffprobe=s.resolved_ffprobe(),
@@ -152,6 +162,7 @@ class App:
             max_input_pixels=s.max_input_pixels,
             max_duration_s=s.max_duration_s,
             sync_reserved=s.sync_reserved_processes,
+            telemetry=self.telemetry,
         )
         self.engine.sweep()
         self.pipelines = PipelineRegistry(
@@ -165,6 +176,7 @@ class App:
             pipelines=self.pipelines,
             sync_timeout_s=s.sync_timeout_s,
             max_sprite_pixels=s.max_sprite_pixels,
+            telemetry=self.telemetry,
         )
         self.notifications = NotificationService(
             jobs=self.jobs,
@@ -187,6 +199,7 @@ class App:
             registry=self.pipelines,
             notifications=self.notifications,
             max_attempts=s.max_attempts,
+            retry_backoff_s=s.fault_retry_backoff_s,
         )
         await self.scheduler.start()
         self.guard = build_guard(s)
@@ -198,6 +211,8 @@ class App:
             reflection_enabled=s.reflection,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
             client_certs_required=tls and bool(s.tls_client_ca_file),
+            telemetry=self.telemetry,
+            max_concurrent_streams=s.max_concurrent_streams or s.max_concurrent_rpcs,
         )
         if tls:
             creds = rpc_server.credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
@@ -207,52 +222,101 @@ class App:
         if self.port == 0:
             raise OSError(f"cannot listen on {s.listen}")
         await self._server.start()
-        await rpc_server.set_serving(self.health, True)
-        self._health_task = asyncio.create_task(self._watch_store())
+        health = self.health
+        self.monitor = HealthMonitor(
+            ping=self.store.ping,
+            disk=s.data_dir,
+            min_free_bytes=s.min_free_disk_mb * 1024 * 1024,
+            publish=lambda serving: rpc_server.set_serving(health, serving),
+            interval=s.health_interval_s,
+        )
+        self.store.fault_listeners.append(lambda detail: self.monitor.report("job store", detail))
+        self.jobs.fault_listeners.append(self._job_fault)
+        await self.monitor.start()
         if s.http_listen:
             await self._start_http()
         log.info("listening on %s (port %d), data in %s", s.listen, self.port, s.data_dir.resolve())
         return self.port
 
+    def _job_fault(self, fault: MpsError) -> None:
+        # A full disk is this instance's own state: health says so. A storage outage or
+        # a killed ffmpeg is not (every instance shares the storage; limits are per run).
+        if isinstance(fault, DiskFull):
+            self.monitor.report("disk", fault.message)
+
+    def pipeline_load(self, pipeline_id: str) -> tuple[int, int]:
+        """(waiting, running) async jobs of a pipeline."""
+        runtime = self.scheduler.runtimes.get(pipeline_id)
+        return (runtime.waiting, runtime.busy) if runtime is not None else (0, 0)
+
+    async def _refresh_gauges(self, metrics: Metrics) -> None:
+        metrics.jobs.clear()
+        for (state, pipeline), count in (await self.store.count_by_state()).items():
+            metrics.jobs.labels(state, pipeline).set(count)
+        metrics.queue_depth.clear()
+        metrics.running_jobs.clear()
+        for pipeline_id in self.scheduler.runtimes:
+            waiting, running = self.pipeline_load(pipeline_id)
+            metrics.queue_depth.labels(pipeline_id).set(waiting)
+            metrics.running_jobs.labels(pipeline_id).set(running)
+
     async def _start_http(self) -> None:
-        """The HTTP listener (MPS's HTTP RPC protocol on /; other routes mount beside it)."""
+        """The HTTP listener: MPS's HTTP RPC protocol on /, Prometheus metrics on /metrics and
+        the web console on /console/."""
+        from server import console
+        from server.observability import metrics
+
         s = self.settings
         tls = tls_context(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file) if s.tls_cert_file else None
         self.http = HttpListener(s.http_listen, shutdown_grace_s=s.shutdown_grace_s, ssl_context=tls)
+        self.telemetry.metrics.refreshers.append(self._refresh_gauges)
+        self.http.mount(lambda web_app: metrics.add_routes(web_app, self.telemetry.metrics))
+        self.http.mount(
+            lambda web_app: console.add_routes(
+                web_app,
+                console.Console(
+                    jobs=self.jobs,
+                    pipelines=self.pipelines,
+                    router=self.router,
+                    guard=self.guard,
+                    metrics=self.telemetry.metrics,
+                    load=self.pipeline_load,
+                    url_expiry_s=s.console_url_expiry_s,
+                ),
+            )
+        )
         self.mps_rpc = MpsRpc(self.jobs, self.pipelines, self.guard, max_in_flight=s.max_concurrent_rpcs)
         self.http.mount(self.mps_rpc.add_routes)
         self.http.fallback(self.mps_rpc.not_found)
         self.http_port = await self.http.start()
-        log.info("HTTP RPC listening on %s (http port %d)", s.http_listen, self.http_port)
+        log.info("HTTP (MPS RPC on /, /metrics, /console/) on %s (port %d)", s.http_listen, self.http_port)
 
-    async def _watch_store(self) -> None:
-        # Health follows the job store: a server that cannot record jobs is not serving.
-        serving = True
-        while True:
-            await asyncio.sleep(5)
-            ok = await self.store.ping()
-            if ok != serving:
-                serving = ok
-                await rpc_server.set_serving(self.health, ok)
-
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, notice: float = 0.0) -> None:
+        """Stop: health NOT_SERVING for ``notice`` seconds (calls still served, so load
+        balancers move away first), then close the port with ``grace`` for calls in flight."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        log.info("shutting down (grace %.1f s)", grace)
-        if self._health_task is not None:
-            self._health_task.cancel()
+        log.info("shutting down (notice %.1f s, grace %.1f s)", notice, grace)
+        self.monitor.drain()
+        await rpc_server.set_serving(self.health, False)
+        if notice > 0:
+            await asyncio.sleep(notice)
+        await self.monitor.stop()
         await self.health.enter_graceful_shutdown()
+        self.jobs.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         stopping = [self.http.stop()] if self.http is not None else []
         if self._server is not None:
             stopping.append(self._server.stop(grace))
         await asyncio.gather(*stopping)
+        await self.jobs.wait_recorded(2.0)
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
         await self.router.close()
         await self.store.close()
+        self.telemetry.tracing.shutdown()
         log.info("stopped")
 
     async def serve_forever(self) -> None:
@@ -264,4 +328,4 @@ class App:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        await self.stop()
+        await self.stop(notice=self.settings.shutdown_notice_s)

@@ -90,7 +90,8 @@ class Settings:
     #: Address the gRPC server listens on (HOST:PORT; port 0 picks a free port).
     listen: str = "127.0.0.1:50051"
     #: Address of the HTTP listener (MPS's HTTP RPC protocol on ``/``, for Alibaba Cloud's
-    #: SDKs and CLI; docs/mps-compatibility.md); empty: no HTTP listener.
+    #: SDKs and CLI, docs/mps-compatibility.md; Prometheus metrics on ``/metrics``; the web
+    #: console on ``/console/``); empty: no HTTP listener.
     http_listen: str = ""
     #: Root of the embedded storage (one folder per bucket) and of the SQLite job store.
     data_dir: Path = Path("data")
@@ -161,6 +162,28 @@ class Settings:
     max_concurrent_rpcs: int = 1000
     #: Log level name.
     log_level: str = "INFO"
+    #: Log lines: "text" (readable) or "json" (one object a line with request, job, pipeline,
+    #: principal and trace ids; docs/operations.md).
+    log_format: str = "text"
+    #: Tracing: "none" (off), "otlp" (OTLP over gRPC to ``otlp_endpoint``, or the standard
+    #: OTEL_EXPORTER_OTLP_* variables when empty) or "console" (spans printed to stderr).
+    trace_exporter: str = "none"
+    otlp_endpoint: str = ""
+    #: Lifetime of the signed media URLs the console hands to the browser, in seconds.
+    console_url_expiry_s: int = 600
+    #: Health: seconds between checks that the job store can commit a write and the data
+    #: disk has ``min_free_disk_mb`` free; NOT_SERVING while either fails.
+    health_interval_s: float = 2.0
+    min_free_disk_mb: int = 64
+    #: On SIGTERM, seconds health reports NOT_SERVING (calls still served) before the port
+    #: closes, so load balancers stop sending calls first.
+    shutdown_notice_s: float = 2.0
+    #: First delay before an async job that met a service fault (full disk, storage
+    #: outage, ffmpeg killed by a limit) is run again; doubles per attempt, at most 60 s.
+    fault_retry_backoff_s: float = 2.0
+    #: HTTP/2 streams one connection may have open at once; 0 uses ``max_concurrent_rpcs``
+    #: (a burst beyond the limit on a new connection is refused with UNAVAILABLE by gRPC).
+    max_concurrent_streams: int = 0
     #: Storage routes, tried in order (from the TOML file's [[storage]] tables).
     storage: tuple[StorageRoute, ...] = (StorageRoute(),)
 

@@ -4,12 +4,15 @@ query and cancel. Transport-free: the gRPC layer only converts and maps errors."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from server import faults
 from server.domain import percent, planning, sprites, validation
 from server.domain.errors import (
     FieldViolation,
@@ -18,7 +21,10 @@ from server.domain.errors import (
     InvalidParameter,
     InvalidState,
     MpsError,
+    ResourceContentBad,
     ResourceNotFound,
+    ServiceFault,
+    ServiceUnavailable,
     SnapshotTimeOut,
 )
 from server.domain.models import Job, JobState, SnapshotImage, SnapshotRequest
@@ -26,6 +32,8 @@ from server.events import JobEvents
 from server.ids import new_id
 from server.media import encodings
 from server.media.engine import MediaEngine, Priority
+from server.observability import Telemetry
+from server.observability.logging import set_job
 from server.pipelines import PipelineRegistry
 from server.storage.base import ObjectInfo, ObjectStore
 from server.storage.router import StorageRouter
@@ -39,6 +47,8 @@ MAX_QUERY_IDS = 10
 TOKEN_WINDOW = timedelta(hours=24)
 DEFAULT_PAGE_SIZE = 30
 MAX_PAGE_SIZE = 300
+#: Store reads one QuerySnapshotJobList page may take to fill itself with visible jobs.
+_LIST_READS = 10
 # Time kept back from the caller's deadline to record the failure and answer.
 _DEADLINE_MARGIN_S = 0.15
 
@@ -65,7 +75,9 @@ class JobService:
         pipelines: PipelineRegistry,
         sync_timeout_s: float,
         max_sprite_pixels: int = 128_000_000,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.store = store
         self.router = router
         self.engine = engine
@@ -74,15 +86,39 @@ class JobService:
         self.max_sprite_pixels = max_sprite_pixels
         self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.events = JobEvents()
+        #: Set when the server is stopping: a sync snapshot cut off then is recorded as
+        #: failed with ServiceUnavailable (and the stop waits for these records).
+        self.draining = False
+        self._recording: set[asyncio.Future[None]] = set()
+        self._sync_tasks: set[asyncio.Task[Any]] = set()
+        #: Told of every service fault a job meets (the health monitor listens).
+        self.fault_listeners: list[Callable[[MpsError], None]] = []
         #: Set by the scheduler: commits and queues an async job.
         self.submit_async: AsyncSubmit | None = None
         #: Set by the scheduler: cancels an unfinished async job.
         self.cancel_async: AsyncCancel | None = None
 
+    async def wait_recorded(self, timeout: float) -> None:
+        """Wait (bounded) until cut-off sync snapshots are recorded, before the store closes."""
+        running = {t for t in self._sync_tasks if not t.done()}
+        for task in running:
+            task.cancel()  # the port is closed: what still runs is cut off (and recorded)
+        pending: set[asyncio.Future[Any]] = {*running, *self._recording}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        if self._recording:
+            await asyncio.wait(list(self._recording), timeout=timeout)
+
+    def report_fault(self, fault: MpsError) -> None:
+        for listener in self.fault_listeners:
+            listener(fault)
+
     async def save(self, job: Job, kind: str = "state") -> Job:
         """Commit a job change, then tell its watchers."""
         await self.store.put_job(job)
         self.events.publish(kind, job)
+        # A final job is saved again only to record its notification's result.
+        self.telemetry.metrics.job_saved(job, previous_finished=job.notify_result is not None)
         return job
 
     async def submit(
@@ -96,7 +132,7 @@ class JobService:
     ) -> Job:
         """Create a job; with a ClientToken, a repeat of an earlier call returns its job."""
         if not client_token:
-            return await self._submit(request, request_id=request_id, time_remaining=time_remaining)
+            return await self._submit(request, request_id=request_id, time_remaining=time_remaining, owner=principal)
         if not (1 <= len(client_token) <= 64 and client_token.isascii() and client_token.isprintable()):
             raise InvalidParameter.field("client_token", "ClientToken must be 1-64 printable ASCII characters.")
         key = (principal, client_token)
@@ -116,14 +152,16 @@ class JobService:
                     job = await self.store.get_job(found[1])
                     if job is not None:
                         return job
-                job = await self._submit(request, request_id=request_id, time_remaining=time_remaining)
+                job = await self._submit(request, request_id=request_id, time_remaining=time_remaining, owner=principal)
                 await self.store.put_token(principal, client_token, digest, job.id, now(), since)
                 return job
         finally:
             if not lock.locked() and self._token_locks.get(key) is lock:
                 del self._token_locks[key]
 
-    async def _submit(self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None) -> Job:
+    async def _submit(
+        self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None, owner: str = ""
+    ) -> Job:
         valid = validation.validate(request)
         pipeline = self.pipelines.resolve(request.pipeline_id)
         in_store = self.router.store_for(valid.input, "input")
@@ -141,7 +179,10 @@ class JobService:
             request_id=request_id,
             pipeline_id=pipeline.id,
             is_async=valid.is_async,
+            owner=owner,
         )
+        set_job(job.id, job.pipeline_id)
+        submitted = self.telemetry.metrics.jobs_submitted
         if valid.is_async:
             if valid.config.tile_out is not None:
                 await self._check_sprites(valid, in_store, head, time_remaining)
@@ -149,7 +190,10 @@ class JobService:
                 raise InvalidParameter(
                     "Asynchronous jobs are not enabled on this server.", code="InvalidParameter.NotSupported"
                 )
-            return await self.submit_async(job, valid)
+            job = await self.submit_async(job, valid)
+            submitted.labels(job.pipeline_id, "async").inc()
+            return job
+        submitted.labels(job.pipeline_id, "sync").inc()
         return await self._run_sync(job, valid, in_store, head, time_remaining)
 
     async def _check_sprites(
@@ -185,6 +229,23 @@ class JobService:
         head: ObjectInfo,
         time_remaining: float | None,
     ) -> Job:
+        me = asyncio.current_task()
+        if me is not None:
+            self._sync_tasks.add(me)
+        try:
+            return await self._run_sync_in(job, valid, in_store, head, time_remaining)
+        finally:
+            if me is not None:
+                self._sync_tasks.discard(me)
+
+    async def _run_sync_in(
+        self,
+        job: Job,
+        valid: validation.ValidRequest,
+        in_store: ObjectStore,
+        head: ObjectInfo,
+        time_remaining: float | None,
+    ) -> Job:
         limit = self.sync_timeout_s
         if time_remaining is not None:
             limit = min(limit, time_remaining - _DEADLINE_MARGIN_S)
@@ -202,39 +263,77 @@ class JobService:
         except MpsError as exc:
             error = exc
         except asyncio.CancelledError:
-            # The caller went away: record the outcome anyway, then let the cancel go on.
-            await asyncio.shield(
-                self._fail(
-                    job,
-                    SnapshotTimeOut(
-                        "The caller cancelled the call or its deadline passed before the snapshot was written."
-                    ),
-                    written,
+            # The caller went away, or the server is stopping and cut the call off: record
+            # the outcome anyway (the stop waits for it), then let the cancel go on.
+            cut: MpsError
+            if self.draining:
+                cut = ServiceUnavailable(
+                    "The server shut down before the snapshot was written; submit it again.", retry_after=1.0
                 )
-            )
+            else:
+                cut = SnapshotTimeOut(
+                    "The caller cancelled the call or its deadline passed before the snapshot was written."
+                )
+            recording = asyncio.ensure_future(self._fail(job, cut, written))
+            self._recording.add(recording)
+            recording.add_done_callback(self._recording.discard)
+            with contextlib.suppress(MpsError):
+                await asyncio.shield(recording)
             raise
-        except Exception:
-            log.exception("sync snapshot %s failed", job.id)
-            error = InternalError("An internal error stopped the snapshot; quote the request id when reporting it.")
+        except Exception as exc:
+            error = faults.from_exception(exc)
+            if error is None:
+                log.exception("sync snapshot %s failed", job.id)
+                error = InternalError("An internal error stopped the snapshot; quote the request id when reporting it.")
         if error is not None:
-            await asyncio.shield(self._fail(job, error, written))
-            error.job_id = job.id
+            if isinstance(error, ServiceFault):
+                self.report_fault(error)
+            try:
+                await asyncio.shield(self._fail(job, error, written))
+                error.job_id = job.id
+            except ServiceFault as unrecorded:
+                # The store cannot record the failure either (a full disk): the caller still
+                # learns the first fault; no job id, as no job was recorded.
+                log.warning("sync snapshot %s: failure not recorded: %s", job.id, unrecorded)
             raise error
-        await asyncio.shield(self.save(job))
+        try:
+            await asyncio.shield(self.save(job))
+        except ServiceFault:
+            # Not recorded: take the snapshot back, so a failed call leaves nothing behind.
+            await asyncio.shield(self._remove(job, written))
+            raise
         return job
 
-    async def _fail(self, job: Job, error: MpsError, written: list[tuple[ObjectStore, str, str]]) -> None:
+    async def _remove(self, job: Job, written: list[tuple[ObjectStore, str, str]]) -> None:
         for store, bucket, key in written:
             try:
                 await store.delete(bucket, key)
             except Exception:
                 log.exception("could not remove %s/%s of failed job %s", bucket, key, job.id)
+
+    async def _fail(self, job: Job, error: MpsError, written: list[tuple[ObjectStore, str, str]]) -> None:
+        await self._remove(job, written)
         failed = dataclasses.replace(
             job, state=JobState.FAIL, code=error.code, message=error.message, count=0, images=(), finish_time=now()
         )
         await self.save(failed)
 
     async def _take_one(
+        self,
+        job: Job,
+        valid: validation.ValidRequest,
+        in_store: ObjectStore,
+        head: ObjectInfo,
+        written: list[tuple[ObjectStore, str, str]],
+        limit: float,
+    ) -> Job:
+        try:
+            return await self._capture_one(job, valid, in_store, head, written, limit)
+        except ResourceContentBad as exc:
+            work = self.engine.tmp_dir
+            raise await faults.explain(exc, in_store, valid.input.bucket, valid.input_key, work) from None
+
+    async def _capture_one(
         self,
         job: Job,
         valid: validation.ValidRequest,
@@ -254,6 +353,7 @@ class JobService:
         out = valid.output_file
         out_store = self.router.store_for(out, "snapshot_config.output_file")
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
+        validation.check_not_input(valid, out.bucket, key, "snapshot_config.output_file.object")
         async with self.engine.workdir(job.id) as workdir:
             frame = await self.engine.snapshot(
                 handle,
@@ -293,12 +393,20 @@ class JobService:
         )
 
     async def query(
-        self, ids: list[str], *, flt: JobFilter, page_size: int | None, token: str
+        self,
+        ids: list[str],
+        *,
+        flt: JobFilter,
+        page_size: int | None,
+        token: str,
+        visible: Callable[[Job], bool] = lambda job: True,
     ) -> tuple[list[Job], list[str], str]:
+        """Jobs by id (those the caller may not see are reported as not existing, as MPS
+        reports another account's ids) or a filtered page of the jobs the caller may see."""
         if ids:
             if len(ids) > MAX_QUERY_IDS:
                 raise InvalidParameter.field("snapshot_job_ids", f"Give at most {MAX_QUERY_IDS} job ids per call.")
-            found = await self.store.get_jobs(ids)
+            found = {i: j for i, j in (await self.store.get_jobs(ids)).items() if visible(j)}
             return [found[i] for i in ids if i in found], [i for i in ids if i not in found], ""
         size = DEFAULT_PAGE_SIZE if page_size is None else page_size
         if not 1 <= size <= MAX_PAGE_SIZE:
@@ -309,8 +417,15 @@ class JobService:
             raise InvalidParameter.field(
                 "state", f"State {flt.state!r} is unknown; use " + ", ".join(s.value for s in JobState) + "."
             )
-        jobs, next_token = await self.store.list_jobs(flt, size, token)
-        return jobs, [], next_token
+        # Jobs the caller may not see are skipped; a page is filled from further rows, a
+        # bounded number of reads (a short page with a token means "more may follow").
+        jobs: list[Job] = []
+        for _ in range(_LIST_READS):
+            rows, token = await self.store.list_jobs(flt, size - len(jobs), token)
+            jobs += [j for j in rows if visible(j)]
+            if len(jobs) >= size or not token:
+                break
+        return jobs, [], token
 
     async def get(self, job_id: str) -> Job:
         job = await self.store.get_job(job_id) if job_id else None
@@ -367,6 +482,11 @@ def _older(job: Job, last: Job) -> bool:
         return True
     if job.state.finished:
         return False
-    rank = _PROGRESS_RANK.get(job.state, 2), len(job.images), len(job.sprites)
-    seen = _PROGRESS_RANK.get(last.state, 2), len(last.images), len(last.sprites)
-    return rank < seen
+    return _rank(job) < _rank(last)
+
+
+def _rank(job: Job) -> tuple[int, int, int, int]:
+    if job.state is JobState.SUBMITTED and job.code:
+        # Given back after a service fault: after everything of that attempt, before the next.
+        return job.attempts, 3, 0, 0
+    return job.attempts, _PROGRESS_RANK.get(job.state, 2), len(job.images), len(job.sprites)

@@ -17,6 +17,7 @@ import aiohttp
 from server.domain import validation
 from server.domain.models import Job, JobState, NotifyResult
 from server.jobs import JobService
+from server.observability.logging import set_job
 from server.pipelines import PipelineRegistry
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,8 @@ class NotificationService:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, job: Job) -> None:
+        set_job(job.id, job.pipeline_id)  # this task's log context
+        metrics = self.jobs.telemetry.metrics
         destination = self.destination(job)
         mid = message_id(job)
         result: NotifyResult
@@ -157,6 +160,7 @@ class NotificationService:
             result = NotifyResult(
                 error_code="NotifyConfigMissing", error_message="The pipeline no longer has a notification endpoint."
             )
+            metrics.notifications.labels("no_endpoint").inc()
         else:
             body = json.dumps(message(job), ensure_ascii=False).encode()
             delay = self.backoff_s
@@ -165,9 +169,11 @@ class NotificationService:
                 try:
                     await self.notifier.deliver(destination, mid, body)
                     result = NotifyResult(message_id=mid)
+                    metrics.notifications.labels("delivered").inc()
                     break
                 except DeliveryError as exc:
                     last = exc
+                    metrics.notifications.labels("failed_attempt").inc()
                     log.info(
                         "notification for job %s failed (attempt %d/%d): %s",
                         job.id,
@@ -180,6 +186,7 @@ class NotificationService:
                     delay *= 2
             else:
                 result = NotifyResult(error_code=last.code, error_message=last.message)
+                metrics.notifications.labels("given_up").inc()
         current = await self.jobs.store.get_job(job.id)
         if current is not None:
             await self.jobs.save(dataclasses.replace(current, notify_result=result, notify_pending=False), "state")

@@ -16,8 +16,9 @@ from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Hashable
 from pathlib import Path
 
+from server import faults
 from server.domain import extraction, planning, sprites, validation
-from server.domain.errors import InternalError, MpsError, ResourceContentBad
+from server.domain.errors import InternalError, MpsError, ResourceContentBad, ServiceFault
 from server.domain.models import AnimatedImage, FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
 from server.media import animate, encodings
@@ -25,7 +26,7 @@ from server.media.capture import Frame, PastTheEnd
 from server.media.engine import MediaEngine
 from server.media.probe import MediaInfo
 from server.media.sprite import SpriteCanvas
-from server.storage.base import InputHandle, ObjectStore
+from server.storage.base import InputHandle, ObjectInfo, ObjectStore
 from server.storage.router import StorageRouter
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,10 @@ class JobRunner:
         self.notify_wanted = notify_wanted
         self.max_sprite_pixels = max_sprite_pixels
 
-    async def run(self, job: Job) -> Job:
-        """Run a job already committed as Snapshoting; return it committed in its final state.
+    async def run(self, job: Job, *, retry: bool = False) -> Job:
+        """Run a job already committed as Snapshoting; return it committed in its final state,
+        or, when it met a service fault and ``retry`` is set, committed as Submitted again
+        (the scheduler queues it after a backoff).
 
         Cancellation propagates (after the outputs are removed) so the scheduler decides
         what the job becomes (Cancelled, or Submitted again on shutdown).
@@ -82,11 +85,29 @@ class JobRunner:
         except asyncio.CancelledError:
             await asyncio.shield(written.remove_all(job.id))
             raise
-        except Exception:
-            log.exception("job %s failed unexpectedly", job.id)
-            error = InternalError("An internal error stopped the job; quote the job id when reporting it.")
+        except Exception as exc:
+            error = faults.from_exception(exc)
+            if error is None:
+                log.exception("job %s failed unexpectedly", job.id)
+                error = InternalError("An internal error stopped the job; quote the job id when reporting it.")
         if error is not None:
             await asyncio.shield(written.remove_all(job.id))
+            if isinstance(error, ServiceFault):
+                self.jobs.report_fault(error)
+                if retry:
+                    log.warning("job %s attempt %d met a service fault, will retry: %s", job.id, job.attempts, error)
+                    again = dataclasses.replace(
+                        job,
+                        state=JobState.SUBMITTED,
+                        code=error.code,
+                        message=f"Attempt {job.attempts} stopped by a fault of the server, not of the input "
+                        f"({error.message}); the job will run again.",
+                        count=0,
+                        images=(),
+                        sprites=(),
+                        tile_count=0,
+                    )
+                    return await asyncio.shield(self.jobs.save(again))
             job = dataclasses.replace(
                 job,
                 state=JobState.FAIL,
@@ -114,6 +135,21 @@ class JobRunner:
         in_store = self.router.store_for(valid.input, "input")
         out_store = self.router.store_for(valid.output_file, "snapshot_config.output_file")
         head = await in_store.head(valid.input.bucket, valid.input_key)
+        try:
+            return await self._capture(job, written, valid, in_store, out_store, head)
+        except ResourceContentBad as exc:
+            work = self.engine.tmp_dir
+            raise await faults.explain(exc, in_store, valid.input.bucket, valid.input_key, work) from None
+
+    async def _capture(
+        self,
+        job: Job,
+        written: _Written,
+        valid: validation.ValidRequest,
+        in_store: ObjectStore,
+        out_store: ObjectStore,
+        head: ObjectInfo,
+    ) -> Job:
         handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
         version = (id(in_store), valid.input.bucket, valid.input_key, head.version)
         info = await self.engine.probe(handle, version, self.timeout)
@@ -389,6 +425,7 @@ class _Outputs:
             key = valid.output_name.render(
                 input_key=valid.input_key, count=len(self.images) + 1, snapshot_time_ms=point.time_ms
             )
+            validation.check_not_input(valid, valid.output_file.bucket, key, "snapshot_config.output_file.object")
             self.written.items.append((self.out_store, valid.output_file.bucket, key))
             await self.out_store.put_file(valid.output_file.bucket, key, frame.path, valid.image_format.content_type)
             self.images.append(
@@ -440,6 +477,7 @@ class _Outputs:
         await asyncio.to_thread(canvas.save, path, fmt, config.quality, bool(config.lossless))
         key = self._sprite_key(number)
         bucket = config.tile_output_file.bucket
+        validation.check_not_input(self.valid, bucket, key, "snapshot_config.tile_output_file.object")
         self.written.items.append((self.tile_store, bucket, key))
         await self.tile_store.put_file(bucket, key, path, fmt.content_type)
         path.unlink(missing_ok=True)
@@ -526,6 +564,7 @@ class _Outputs:
         self, store: ObjectStore, bucket: str, key: str, text: str, content_type: str, workdir: Path
     ) -> None:
         path = workdir / f"text-{len(self.written.items)}"
+        validation.check_not_input(self.valid, bucket, key, "snapshot_config.output_file.object")
         await asyncio.to_thread(path.write_text, text, "utf-8")
         self.written.items.append((store, bucket, key))
         await store.put_file(bucket, key, path, content_type)

@@ -19,6 +19,7 @@ from server.domain.models import Job, JobState, Pipeline, PipelineState
 from server.domain.validation import ValidRequest
 from server.jobs import JobService, now
 from server.notify import NotificationService
+from server.observability.logging import principal_var, set_job
 from server.pipelines import PipelineRegistry
 from server.runner import JobRunner
 
@@ -43,6 +44,8 @@ class PipelineRuntime:
         self.reserved = 0
         self.active = asyncio.Event()
         self.workers: set[asyncio.Task[None]] = set()
+        #: Workers running a job now (the running-jobs gauge).
+        self.busy = 0
         self.closed = False
         self.apply(pipeline)
 
@@ -81,7 +84,11 @@ class PipelineRuntime:
             job_id = await self._next()
             if job_id is None:
                 return
-            await self.scheduler.execute(job_id)
+            self.busy += 1
+            try:
+                await self.scheduler.execute(job_id)
+            finally:
+                self.busy -= 1
 
     async def close(self) -> None:
         self.closed = True
@@ -100,15 +107,22 @@ class Scheduler:
         registry: PipelineRegistry,
         notifications: NotificationService,
         max_attempts: int,
+        retry_backoff_s: float = 2.0,
     ) -> None:
         self.jobs = jobs
         self.runner = runner
         self.registry = registry
         self.notifications = notifications
         self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_s
+        #: Jobs waiting out a backoff after a service fault, by id.
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._resuming: set[asyncio.Task[None]] = set()
         self.runtimes: dict[str, PipelineRuntime] = {}
         self.running: dict[str, asyncio.Task[Job]] = {}
         self._cancel_requested: set[str] = set()
+        #: Who submitted each queued job, for its run's log lines (memory only: not after a restart).
+        self._submitters: dict[str, str] = {}
         self._stopping = False
         jobs.submit_async = self.submit
         jobs.cancel_async = self.cancel
@@ -123,29 +137,66 @@ class Scheduler:
         """Requeue what a previous process left: Submitted jobs, and Snapshoting ones that
         died mid-run (started again from the beginning, up to max_attempts)."""
         for job in await self.jobs.store.jobs_in_states((JobState.SNAPSHOTING, JobState.SUBMITTED)):
-            runtime = self.runtimes.get(job.pipeline_id)
-            if runtime is None:
-                runtime = self.runtimes[self.registry.default.id]
-            if job.state is JobState.SNAPSHOTING:
-                if job.attempts >= self.max_attempts:
-                    await self.jobs.save(
-                        dataclasses.replace(
-                            job,
-                            state=JobState.FAIL,
-                            code="InternalError",
-                            finish_time=now(),
-                            images=(),
-                            count=0,
-                            message=f"The job was interrupted on each of its {job.attempts} attempts (the server "
-                            "stopped or crashed while it ran); it will not be retried.",
-                            notify_pending=self.notifications.wanted(job),
-                        )
-                    )
-                    continue
-                job = await self.jobs.save(dataclasses.replace(job, state=JobState.SUBMITTED, images=(), count=0))
-                log.info("job %s was interrupted on attempt %d; queued again", job.id, job.attempts)
-            runtime.queue.put_nowait(job.id)
+            await self._requeue(job, notify=False)  # resend_pending sends what is owed
         self.notifications.resend_pending()
+
+    def _runtime_of(self, job: Job) -> PipelineRuntime:
+        runtime = self.runtimes.get(job.pipeline_id)
+        return runtime if runtime is not None else self.runtimes[self.registry.default.id]
+
+    async def _requeue(self, job: Job, *, notify: bool = True) -> None:
+        """Queue a Submitted job; a Snapshoting one not running here died mid-run and is
+        started again (up to max_attempts)."""
+        if job.state is JobState.SNAPSHOTING:
+            if job.attempts >= self.max_attempts:
+                final = await self.jobs.save(
+                    dataclasses.replace(
+                        job,
+                        state=JobState.FAIL,
+                        code="InternalError",
+                        finish_time=now(),
+                        images=(),
+                        count=0,
+                        message=f"The job was interrupted on each of its {job.attempts} attempts (the server "
+                        "stopped or crashed while it ran); it will not be retried.",
+                        notify_pending=self.notifications.wanted(job),
+                    )
+                )
+                if notify:
+                    self.notifications.job_finished(final)
+                return
+            job = await self.jobs.save(dataclasses.replace(job, state=JobState.SUBMITTED, images=(), count=0))
+            log.info("job %s was interrupted on attempt %d; queued again", job.id, job.attempts)
+        if job.state is JobState.SUBMITTED:
+            self._runtime_of(job).queue.put_nowait(job.id)
+
+    def _retry_later(self, job_id: str, attempts: int) -> None:
+        """Run the job again after a backoff (doubling per attempt, at most 60 s): it met a
+        service fault, or its state could not be recorded (the store will be asked again)."""
+        if self._stopping or job_id in self._retries:
+            return
+        delay = min(60.0, self.retry_backoff_s * 2 ** max(0, attempts - 1))
+        loop = asyncio.get_running_loop()
+        self._retries[job_id] = loop.call_later(delay, self._resume_soon, job_id, attempts)
+
+    def _resume_soon(self, job_id: str, attempts: int) -> None:
+        self._retries.pop(job_id, None)
+        task = asyncio.create_task(self._resume(job_id, attempts), name=f"resume-{job_id}")
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, job_id: str, attempts: int) -> None:
+        if self._stopping or job_id in self.running:
+            return
+        try:
+            job = await self.jobs.store.get_job(job_id)
+            if job is None or job.state.finished:
+                self._cancel_requested.discard(job_id)  # cancelled while it waited
+            else:
+                await self._requeue(job)
+        except Exception as exc:
+            log.warning("job %s could not be queued again yet (%s); will retry", job_id, exc)
+            self._retry_later(job_id, attempts + 1)
 
     async def submit(self, job: Job, valid: ValidRequest) -> Job:
         """Admit an async job: refuse when its pipeline's queue is full, else commit, then queue."""
@@ -165,11 +216,20 @@ class Scheduler:
         finally:
             runtime.reserved -= 1
         runtime.queue.put_nowait(job.id)
+        self.jobs.telemetry.tracing.remember_submit(job.id)
+        self._submitters[job.id] = principal_var.get()
         return job
 
     async def execute(self, job_id: str) -> None:
         """Run one queued job (called by a worker)."""
-        job = await self.jobs.store.get_job(job_id)
+        try:
+            job = await self.jobs.store.get_job(job_id)
+        except Exception as exc:
+            log.warning("job %s could not be read (%s); will retry", job_id, exc)
+            self._retry_later(job_id, 1)
+            return
+        if job_id in self.running:
+            return  # queued twice (a retry met a recovery): it is already running
         if job is None or job.state is not JobState.SUBMITTED or job_id in self._cancel_requested:
             self._cancel_requested.discard(job_id)
             return
@@ -177,6 +237,12 @@ class Scheduler:
         self.running[job_id] = task
         try:
             final = await asyncio.shield(task)
+        except Exception as exc:
+            # Its state could not be recorded (the job store is failing): it stays as last
+            # committed and is picked up again once the store answers.
+            log.warning("job %s: state not recorded (%s); will retry", job_id, exc)
+            self._retry_later(job_id, job.attempts + 1)
+            return
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if me is None or not me.cancelling():
@@ -187,12 +253,34 @@ class Scheduler:
             raise
         finally:
             self.running.pop(job_id, None)
+        if final.state is JobState.SUBMITTED:
+            self._retry_later(job_id, final.attempts)  # a service fault: run again after a backoff
+            return
         self.notifications.job_finished(final)
 
     async def _run(self, job: Job) -> Job:
-        job = await self.jobs.save(dataclasses.replace(job, state=JobState.SNAPSHOTING, attempts=job.attempts + 1))
+        set_job(job.id, job.pipeline_id)  # this task's log context
+        principal_var.set(self._submitters.pop(job.id, ""))
+        tracing = self.jobs.telemetry.tracing
+        parent, links = tracing.job_run_context(job.id)
+        with tracing.tracer.start_as_current_span(
+            "job.run",
+            context=parent,
+            links=links,
+            attributes={"mps.job_id": job.id, "mps.pipeline_id": job.pipeline_id, "mps.attempt": job.attempts + 1},
+        ) as span:
+            final = await self._attempt(job)
+            span.set_attribute("mps.job.state", final.state.value)
+            if final.code:
+                span.set_attribute("mps.job.code", final.code)
+            return final
+
+    async def _attempt(self, job: Job) -> Job:
+        job = await self.jobs.save(
+            dataclasses.replace(job, state=JobState.SNAPSHOTING, attempts=job.attempts + 1, code="", message="")
+        )
         try:
-            return await self.runner.run(job)
+            return await self.runner.run(job, retry=job.attempts < self.max_attempts)
         except asyncio.CancelledError:
             if job.id in self._cancel_requested:
                 self._cancel_requested.discard(job.id)
@@ -237,6 +325,11 @@ class Scheduler:
         """Stop taking work, give running jobs ``grace`` seconds to finish, then send the
         rest back to Submitted (their attempt not counted) for the next start."""
         self._stopping = True
+        for handle in self._retries.values():
+            handle.cancel()  # they stay Submitted and are queued at the next start
+        self._retries.clear()
+        for resuming in list(self._resuming):
+            resuming.cancel()
         for runtime in self.runtimes.values():
             runtime.closed = True
             runtime.active.set()

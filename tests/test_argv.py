@@ -25,6 +25,8 @@ from server.media.argv import (
     Source,
     black_scan_argv,
     capture_argv,
+    keyframes_argv,
+    packets_argv,
     pass_argv,
     probe_argv,
 )
@@ -32,6 +34,7 @@ from server.media.hardening import (
     AUDIO_DECODERS,
     FORMAT_WHITELIST,
     MAX_PIXELS,
+    PICTURE_DECODERS,
     SUBTITLE_DECODERS,
     VIDEO_DECODERS,
 )
@@ -110,6 +113,8 @@ def _all_argvs(url: str, protocols: tuple[str, ...], workdir: Path) -> dict[str,
     ffmpeg = "/usr/bin/ffmpeg"
     return {
         "probe": probe_argv("/usr/bin/ffprobe", url, protocols),
+        "keyframes": keyframes_argv("/usr/bin/ffprobe", url, protocols),
+        "packets": packets_argv("/usr/bin/ffprobe", url, protocols),
         "exact": capture_argv(ffmpeg, src, [ExactPoint(1.5, (1.46, 1.5))], Encoding(320, None), workdir),
         "exact-window": capture_argv(ffmpeg, src, [ExactPoint(0.5, (0.75, 2.75))], Encoding(None, 240), workdir),
         "keyframe": capture_argv(ffmpeg, src, [KeyPoint(3.0)], Encoding(), workdir),
@@ -156,7 +161,7 @@ INPUT_OPTIONS = ("-protocol_whitelist", "-format_whitelist", "-codec_whitelist",
 
 def check_argv(name: str, argv: list[str], url: str, protocols: tuple[str, ...]) -> None:
     """Every input (a seek batch has several) gets all the whitelists just before its -i."""
-    ffmpeg = name != "probe"
+    ffmpeg = name not in ("probe", "keyframes", "packets")
     assert os.path.basename(argv[0]) == ("ffmpeg" if ffmpeg else "ffprobe")
     if ffmpeg:
         assert "-nostdin" in argv[:3]  # a global option, first
@@ -175,7 +180,9 @@ def check_argv(name: str, argv: list[str], url: str, protocols: tuple[str, ...])
         assert formats == ",".join(FORMAT_WHITELIST)
         assert not FORBIDDEN_DEMUXERS & set(formats.split(","))
         assert not any(f.endswith("_pipe") for f in formats.split(","))
-        assert _value(segment, "-codec_whitelist") == ",".join(VIDEO_DECODERS + AUDIO_DECODERS + SUBTITLE_DECODERS)
+        assert _value(segment, "-codec_whitelist") == ",".join(
+            VIDEO_DECODERS + AUDIO_DECODERS + SUBTITLE_DECODERS + PICTURE_DECODERS
+        )
         assert _value(segment, "-max_pixels") == str(MAX_PIXELS)
     if ffmpeg and name != "black-scan":  # the scan writes no file
         assert "-an" in argv and "-sn" in argv

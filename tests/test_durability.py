@@ -61,7 +61,7 @@ async def test_a_job_that_dies_on_every_attempt_ends_failed(tmp_path: Path, slow
     port = await server.start()
     try:
         async with SnapshotClient(f"127.0.0.1:{port}") as c:
-            job = (await c.submit(submit_request("crash", "slow.mp4", interval=2, num=12))).snapshot_job
+            job = (await c.submit(submit_request("crash", "slow.mp4", interval=1, num=28))).snapshot_job
             await first_image(c, job.id)
         await server.kill(signal.SIGKILL)
         port = await server.start()

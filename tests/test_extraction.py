@@ -59,7 +59,7 @@ def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
     assert argv.count("-i") == 2 and argv.count("-protocol_whitelist") == 2 and "-nostdin" in argv
     graphs = [argv[i + 1] for i, a in enumerate(argv) if a == "-filter:v"]
     assert len(graphs) == 2
-    assert graphs[1].startswith("showinfo@a1=checksum=0,trim=start=4.960000:end=5.000000,")
+    assert graphs[1].startswith("showinfo@a1=checksum=0,trim=end=5.000010,select='between(t,4.960000,5.000000)',")
     assert graphs[1].endswith("showinfo@p1=checksum=0")
     dense = pass_argv(
         "ffmpeg",

@@ -157,9 +157,17 @@ def test_probe_parsing() -> None:
     )
     assert info.display_size == (1080, 1920) and info.duration_s == 12.5 and info.start_time_s == 0.5
     assert round(info.frame_duration_s, 6) == 0.033367
+    # The video's end counts from the presentation start: a stream starting 0.5 s after it
+    # ends 0.5 s after its own duration; no duration at all is 0 (read from the packets later).
+    late = parse_probe(
+        b'{"streams":[{"codec_type":"video","width":8,"height":8,"start_time":"1.0","duration":"2.0"}],'
+        b'"format":{"start_time":"0.5","duration":"2.5"}}'
+    )
+    assert late.duration_s == 2.5 and late.start_time_s == 0.5
+    unknown = parse_probe(b'{"streams":[{"codec_type":"video","width":8,"height":8}],"format":{}}')
+    assert unknown.duration_s == 0.0
     for bad, why in [
         (b'{"streams":[{"codec_type":"audio"}]}', "no video stream"),
-        (b'{"streams":[{"codec_type":"video","width":8,"height":8}],"format":{}}', "no known duration"),
         (b"not json", "could not be probed"),
     ]:
         with pytest.raises(Exception, match=why):

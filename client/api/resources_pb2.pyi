@@ -816,6 +816,8 @@ class SnapshotJob(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     WEB_VTT_OBJECT_FIELD_NUMBER: _builtins.int
     STORYBOARD_OBJECT_FIELD_NUMBER: _builtins.int
+    IMAGES_PLANNED_FIELD_NUMBER: _builtins.int
+    SPRITES_PLANNED_FIELD_NUMBER: _builtins.int
     ANIMATED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job id: 32 lowercase hexadecimal characters."""
@@ -847,6 +849,12 @@ class SnapshotJob(_message.Message):
     """The JSON storyboard written beside the sprites (every tile's sprite, position, size and
     media time; schema in docs/sprites.md), in tile_output_file's bucket; empty if none.
     """
+    images_planned: _builtins.int
+    """Images the job will write in all, once it has been planned (0 before, or when it keeps
+    no single images); progress is len(images) of this (beyond MPS).
+    """
+    sprites_planned: _builtins.int
+    """Sprites the job will write in all, once planned (beyond MPS)."""
     @_builtins.property
     def input(self) -> Global___OSSFile:
         """The input video (echo of the request)."""
@@ -877,9 +885,7 @@ class SnapshotJob(_message.Message):
 
     @_builtins.property
     def animated(self) -> Global___AnimatedImage:
-        """The animated preview written (animated_out); unset if none (beyond MPS). (20 and 21
-        are images_planned and sprites_planned, added on main beside this change.)
-        """
+        """The animated preview written (animated_out); unset if none (beyond MPS)."""
 
     def __init__(
         self,
@@ -903,11 +909,13 @@ class SnapshotJob(_message.Message):
         request_id: _builtins.str = ...,
         web_vtt_object: _builtins.str = ...,
         storyboard_object: _builtins.str = ...,
+        images_planned: _builtins.int = ...,
+        sprites_planned: _builtins.int = ...,
         animated: Global___AnimatedImage | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["animated", b"animated", "creation_time", b"creation_time", "finish_time", b"finish_time", "input", b"input", "mns_message_result", b"mns_message_result", "snapshot_config", b"snapshot_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["animated", b"animated", "attempts", b"attempts", "code", b"code", "count", b"count", "creation_time", b"creation_time", "finish_time", b"finish_time", "id", b"id", "images", b"images", "input", b"input", "message", b"message", "mns_message_result", b"mns_message_result", "pipeline_id", b"pipeline_id", "request_id", b"request_id", "snapshot_config", b"snapshot_config", "sprites", b"sprites", "state", b"state", "storyboard_object", b"storyboard_object", "tile_count", b"tile_count", "user_data", b"user_data", "web_vtt_object", b"web_vtt_object"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["animated", b"animated", "attempts", b"attempts", "code", b"code", "count", b"count", "creation_time", b"creation_time", "finish_time", b"finish_time", "id", b"id", "images", b"images", "images_planned", b"images_planned", "input", b"input", "message", b"message", "mns_message_result", b"mns_message_result", "pipeline_id", b"pipeline_id", "request_id", b"request_id", "snapshot_config", b"snapshot_config", "sprites", b"sprites", "sprites_planned", b"sprites_planned", "state", b"state", "storyboard_object", b"storyboard_object", "tile_count", b"tile_count", "user_data", b"user_data", "web_vtt_object", b"web_vtt_object"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

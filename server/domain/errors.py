@@ -70,15 +70,40 @@ class QueueFull(MpsError):
     code = "Throttling.PipelineQueueFull"
 
 
-class ServiceUnavailable(MpsError):
+class ServiceFault(MpsError):
+    """The service's own fault, not the request's: retrying later can succeed. Async jobs
+    that hit one are retried with backoff (up to max_attempts); sync calls return it."""
+
+    code = "InternalError"
+
+
+class ServiceUnavailable(ServiceFault):
     code = "ServiceUnavailable"
+
+
+class DiskFull(ServiceFault):
+    """The server's own disk (work folders, embedded storage, job store) is full."""
+
+    code = "ServiceUnavailable.DiskFull"
+
+
+class StoreUnavailable(ServiceFault):
+    """The job store cannot be written (disk full, I/O error, locked)."""
+
+    code = "ServiceUnavailable.JobStore"
+
+
+class ProcessKilled(ServiceFault):
+    """ffmpeg/ffprobe was killed by a resource limit (CPU time) or the kernel (out of memory)."""
+
+    code = "InternalError.ProcessKilled"
 
 
 class PermissionDenied(MpsError):
     code = "PermissionDenied.ResourceAccess"
 
 
-class TransientError(MpsError):
+class TransientError(ServiceFault):
     code = "TransientNetWorkError"
 
 

@@ -213,6 +213,8 @@ class Job:
     animated: AnimatedImage | None = None
     #: A completion notification is owed (set with the final state, cleared once sent or given up).
     notify_pending: bool = False
+    #: The principal that submitted the job (authorization of reads and cancels).
+    owner: str = ""
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,19 @@ def validate(request: SnapshotRequest) -> ValidRequest:
             ANIMATED_FILE_PLACEHOLDERS,
             input_key,
         )
+    if isinstance(input_key, str) and request.input is not None:
+        for ref, name, field in (
+            (config.output_file, output_name, "snapshot_config.output_file.object"),
+            (config.tile_output_file if config.tile_out is not None else None, tile_name, _TILE_FIELD),
+            (
+                config.animated_output_file if config.animated_out is not None else None,
+                animated_name,
+                "snapshot_config.animated_output_file.object",
+            ),
+        ):
+            if ref is not None and name is not None and ref.bucket == request.input.bucket:
+                if name.render(input_key=input_key) == input_key and not name.names & _PER_IMAGE:
+                    c.add(field, _is_input_message(request.input.bucket, input_key))
     c.raise_if_any()
     assert request.input is not None and isinstance(input_key, str)
     assert config.output_file is not None and output_name is not None
@@ -256,6 +269,24 @@ def validate(request: SnapshotRequest) -> ValidRequest:
         pad_color=pad_color,
         animated_name=animated_name,
     )
+
+
+_PER_IMAGE = frozenset({"Count", "SnapshotTime", "TileCount"})
+_TILE_FIELD = "snapshot_config.tile_output_file.object"
+
+
+def _is_input_message(bucket: str, key: str) -> str:
+    return (
+        f"The output would replace the input itself ({bucket}/{key}); choose another Object (for example "
+        "{ObjectPrefix}{FileName}.jpg) or another Bucket. A job never overwrites its own input."
+    )
+
+
+def check_not_input(valid: ValidRequest, bucket: str, key: str, field: str) -> None:
+    """Refuse to write ``bucket``/``key`` when it is the job's input (checked for every
+    object written: placeholders can render to the input's name for some image)."""
+    if bucket == valid.input.bucket and key == valid.input_key:
+        raise InvalidParameter.field(field, _is_input_message(bucket, key))
 
 
 def _check_output_name(

@@ -1,1 +1,1 @@
-"""HTTP listener and the MPS HTTP RPC protocol (Alibaba Cloud SDK compatibility)."""
+"""The HTTP listener: the MPS HTTP RPC protocol (Alibaba Cloud SDK compatibility) on /, metrics, console."""

@@ -35,8 +35,9 @@ from server.domain.errors import InternalError, InvalidParameter, MpsError, Thro
 from server.http import signing, wire
 from server.ids import new_request_id
 from server.jobs import JobService
+from server.observability.logging import request_id_var
 from server.pipelines import PipelineRegistry
-from server.rpc.calls import Call, request_id_var
+from server.rpc.calls import Call
 from server.rpc.errors import http_status_for
 from server.rpc.pipeline_servicer import PipelineServicer
 from server.rpc.snapshot_servicer import SnapshotServicer
@@ -63,6 +64,8 @@ IGNORED_PARAMETERS = mps_json.COMMON_PARAMETERS | {"SignatureType"}
 #: MPS's pipeline ExtendConfig keys this service accepts and ignores (it has no MPS speed tiers).
 _MPS_EXTEND_KEYS = frozenset({"IsBoostNew", "MaxMultiSpeed", "MultiSpeedDowngradePolicy"})
 _OUR_EXTEND_KEYS = frozenset({"MaxConcurrentJobs", "QueueCapacity"})
+#: Where a signed request keeps (AccessKeyId, nonce) until it is admitted and the nonce used up.
+_NONCE = "mps.nonce"
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,8 @@ class MpsRpc:
                 code="InvalidAction.NotFound",
             )
         self.guard.throttle(principal, name)
+        if (signed := request.get(_NONCE)) is not None:
+            self.guard.authenticator.use_nonce(*signed)  # admitted: the nonce is used up
         message = build_request(name, action, values)
         servicer = self._servicers[action.service]
         method: Callable[..., Awaitable[Message]] = inspect.unwrap(getattr(type(servicer), name))
@@ -374,6 +379,7 @@ class MpsRpc:
                 code="SignatureDoesNotMatch",
             )
         self.guard.authenticator.check_fresh(key_id, values["Timestamp"], nonce, "Timestamp", "SignatureNonce")
+        request[_NONCE] = (key_id, nonce)
         return principal
 
     def _v3(self, request: web.Request, params: Params, authorization: str) -> Principal:
@@ -416,6 +422,7 @@ class MpsRpc:
             "x-acs-date",
             "x-acs-signature-nonce",
         )
+        request[_NONCE] = (auth.access_key_id, nonce)
         return principal
 
     # -- answers -----------------------------------------------------------------------

@@ -294,6 +294,12 @@ KEYFRAME_PACKETS = 200
 
 
 def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
+    """The first KEYFRAME_PACKETS video packets' times and flags."""
+    return _packets(ffprobe, url, protocols, "pts_time,flags", f"%+#{KEYFRAME_PACKETS}")
+
+
+def _packets(ffprobe: str, url: str, protocols: tuple[str, ...], entries: str, intervals: str | None) -> list[str]:
+    """ffprobe listing video packets (read, not decoded) as CSV."""
     return [
         ffprobe,
         "-hide_banner",
@@ -302,15 +308,19 @@ def keyframes_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[s
         *input_options(protocols),
         "-select_streams",
         "v:0",
-        "-read_intervals",
-        f"%+#{KEYFRAME_PACKETS}",
+        *(("-read_intervals", intervals) if intervals else ()),
         "-show_entries",
-        "packet=pts_time,flags",
+        f"packet={entries}",
         "-of",
         "csv=p=0",
         "-i",
         url,
     ]
+
+
+def packets_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
+    """Every video packet's time and duration (no decoding): the end of a file without a duration."""
+    return _packets(ffprobe, url, protocols, "pts_time,duration_time", None)
 
 
 @dataclass(frozen=True)

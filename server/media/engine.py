@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from server.media import animate, capture, picks, process
 from server.media import probe as probe_mod
 from server.media.argv import Animation, Encoding, Source
 from server.media.capture import Frame
+from server.observability import Telemetry
 from server.storage.base import InputHandle
 
 
@@ -102,13 +104,16 @@ class MediaEngine:
         max_input_pixels: int,
         max_duration_s: float,
         sync_reserved: int,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.ffmpeg = ffmpeg
         self.ffprobe = ffprobe
         # Absolute: ffmpeg runs with its work folder as cwd, so a relative data_dir would break paths.
         self.tmp_dir = tmp_dir
         self.max_processes = max_processes
         self._slots = Slots(max_processes, sync_reserved)
+        self.telemetry.metrics.ffmpeg_limit.set(max_processes)
         self._cpu = cpu_seconds
         self._memory = memory_bytes
         self._max_image_bytes = max_image_bytes
@@ -149,16 +154,29 @@ class MediaEngine:
         )
 
     @contextlib.asynccontextmanager
-    async def _slot(self, priority: Priority = Priority.ASYNC) -> AsyncIterator[None]:
+    async def _slot(self, kind: str, priority: Priority = Priority.ASYNC) -> AsyncIterator[None]:
+        """A process slot for one run of ``kind`` (probe, keyframes, snapshot, black,
+        seek_batch, decode_pass; animate and measure beyond MPS), reported as a span and in
+        the run-time histogram."""
+        metrics = self.telemetry.metrics
         await self._slots.acquire(priority)
         try:
             self.started += 1
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
+            metrics.ffmpeg_in_use.set(self.running)
+            program = "ffprobe" if kind in ("probe", "keyframes") else "ffmpeg"
             try:
-                yield
+                with (
+                    self.telemetry.tracing.tracer.start_as_current_span(
+                        f"{program}.{kind}", attributes={"mps.ffmpeg.kind": kind}
+                    ),
+                    metrics.ffmpeg_run(kind),
+                ):
+                    yield
             finally:
                 self.running -= 1
+                metrics.ffmpeg_in_use.set(self.running)
         finally:
             self._slots.release()
 
@@ -170,7 +188,7 @@ class MediaEngine:
             self._probes.move_to_end(cache_key)
             return cached
         # ffprobe, like ffmpeg, runs in a private empty folder removed afterwards.
-        async with self._slot(priority), self.workdir("probe") as folder:
+        async with self._slot("probe", priority), self.workdir("probe") as folder:
             info = await probe_mod.probe(
                 self.ffprobe,
                 handle.url,
@@ -179,6 +197,16 @@ class MediaEngine:
                 self.probe_limits,
                 cwd=str(folder),
             )
+            if info.duration_s <= 0:
+                end = await probe_mod.probe_end(
+                    self.ffprobe,
+                    handle.url,
+                    handle.protocols,
+                    info.start_time_s,
+                    self.limits(wall_seconds),
+                    cwd=str(folder),
+                )
+                info = dataclasses.replace(info, duration_s=end)
         self._probes[cache_key] = info
         while len(self._probes) > self._probe_cap:
             self._probes.popitem(last=False)
@@ -190,7 +218,7 @@ class MediaEngine:
         cached = self._gops.get(key)
         if cached is not None:
             return cached
-        async with self._slot(), self.workdir("keys") as folder:
+        async with self._slot("keyframes"), self.workdir("keys") as folder:
             gop = await probe_mod.probe_keyframes(
                 self.ffprobe, handle.url, handle.protocols, self.limits(wall_seconds), cwd=str(folder)
             )
@@ -212,7 +240,7 @@ class MediaEngine:
         priority: Priority = Priority.ASYNC,
     ) -> Frame:
         take = capture.capture_keyframe if frame_type is FrameType.INTRA else capture.capture_exact
-        async with self._slot(priority):
+        async with self._slot("snapshot", priority):
             return await take(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
@@ -234,7 +262,7 @@ class MediaEngine:
         workdir: Path,
         wall_seconds: float,
     ) -> float | None:
-        async with self._slot():
+        async with self._slot("black"):
             return await capture.first_non_black(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
@@ -256,7 +284,7 @@ class MediaEngine:
         workdir: Path,
         wall_seconds: float,
     ) -> list[Frame | None]:
-        async with self._slot():
+        async with self._slot("seek_batch"):
             return await capture.seek_batch(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
@@ -281,7 +309,7 @@ class MediaEngine:
         workdir: Path,
         wall_seconds: float,
     ) -> list[Frame | None]:
-        async with self._slot():
+        async with self._slot("decode_pass"):
             return await capture.decode_pass(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
@@ -299,7 +327,7 @@ class MediaEngine:
         self, handle: InputHandle, anim: Animation, *, workdir: Path, wall_seconds: float, max_bytes: int
     ) -> animate.Preview:
         """An animated preview (beyond MPS), bounded by ``max_bytes`` and the image limit."""
-        async with self._slot():
+        async with self._slot("animate"):
             return await animate.render(
                 self.ffmpeg,
                 Source(handle.url, handle.protocols),
@@ -326,7 +354,7 @@ class MediaEngine:
         the window around it when it is black, uniform or blurred, with the reason."""
         window_s = (smart.window or picks.DEFAULT_WINDOW_MS) / 1000
         src = Source(handle.url, handle.protocols)
-        async with self._slot(priority):
+        async with self._slot("measure", priority):
             measures = await picks.measure(
                 self.ffmpeg,
                 src,

@@ -74,6 +74,9 @@ SUBTITLE_DECODERS = (
     "pgssub",
     "eia_608",
 )
+# Cover art (an attached picture stream in MP4, Matroska, MP3) is opened by ffprobe like
+# any stream; only the video stream is ever decoded for output. Image demuxers stay refused.
+PICTURE_DECODERS = ("png", "bmp", "gif")
 MAX_PIXELS = 8192 * 8192
 
 
@@ -117,7 +120,7 @@ def input_options(protocols: tuple[str, ...]) -> list[str]:
         "-format_whitelist",
         ",".join(FORMAT_WHITELIST),
         "-codec_whitelist",
-        ",".join(VIDEO_DECODERS + AUDIO_DECODERS + SUBTITLE_DECODERS),
+        ",".join(VIDEO_DECODERS + AUDIO_DECODERS + SUBTITLE_DECODERS + PICTURE_DECODERS),
         "-max_pixels",
         str(MAX_PIXELS),
         "-probesize",

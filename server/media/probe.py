@@ -18,7 +18,7 @@ from typing import Any
 
 from server.domain.errors import ResourceContentBad
 from server.media import process
-from server.media.argv import keyframes_argv, probe_argv
+from server.media.argv import keyframes_argv, packets_argv, probe_argv
 from server.media.hardening import MAX_PIXELS
 
 
@@ -136,6 +136,18 @@ def _rotation(stream: dict[str, Any]) -> int:
 _TOO_BIG = re.compile(r"Picture size (\d+)x(\d+) exceeds specified max pixel count")
 
 
+def _duration(video: dict[str, Any], fmt: dict[str, Any], origin: float) -> float:
+    """The end of the video stream, in seconds from the presentation start (the origin of
+    every time): its start plus its duration. A video that starts after the audio ends that
+    much later than its own duration says; the container's duration already counts from the
+    origin. 0: unknown (no index, written to a pipe): the engine then reads it from the packets."""
+    stream_start, stream_duration = _float(video.get("start_time")), _float(video.get("duration"))
+    if math.isfinite(stream_duration) and stream_duration > 0:
+        return stream_duration + (stream_start - origin if math.isfinite(stream_start) else 0.0)
+    container = _float(fmt.get("duration"))
+    return container if math.isfinite(container) and container > 0 else 0.0
+
+
 def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = "") -> MediaInfo:
     """Turn ffprobe's JSON into MediaInfo, or say exactly why the file is unusable.
 
@@ -174,11 +186,8 @@ def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = 
         )
     if width <= 0 or height <= 0:
         raise ResourceContentBad("The input's video stream has no picture size; the file may be damaged.")
-    duration = _float(video.get("duration"))
-    if not math.isfinite(duration) or duration <= 0:
-        duration = _float(fmt.get("duration"))
-    if not math.isfinite(duration) or duration <= 0:
-        raise ResourceContentBad("The input has no known duration; the file may be truncated or damaged.")
+    origin = start if math.isfinite(start := _float(fmt.get("start_time"))) else 0.0
+    duration = _duration(video, fmt, origin)
     if limits.max_duration_s > 0 and duration > limits.max_duration_s:
         raise ResourceContentBad(
             f"The input is {duration:.3f} s long, more than the server's limit of {limits.max_duration_s:g} s."
@@ -197,7 +206,7 @@ def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = 
         stream_count=len(streams),
         format_name=str(fmt.get("format_name", "")),
         video_codec=str(video.get("codec_name", "")),
-        start_time_s=start if math.isfinite(start := _float(fmt.get("start_time"))) else 0.0,
+        start_time_s=origin,
         sample_aspect=_fraction(str(video.get("sample_aspect_ratio", "1:1")).replace(":", "/")) or Fraction(1),
         variable_rate=variable,
         tick_s=float(_fraction(str(video.get("time_base", "")))) or 1e-6,
@@ -227,6 +236,37 @@ async def probe(
     if result.returncode != 0:
         raise ResourceContentBad(f"The input is not a readable video: {_first_error(result.stderr)}.")
     return parse_probe(result.stdout, checks, result.stderr)
+
+
+def packets_end(csv: str, origin: float) -> float:
+    """The display end of the last video packet (pts + duration), from the presentation start."""
+    end = 0.0
+    for line in csv.splitlines():
+        pts_text, _, duration_text = line.partition(",")
+        pts, duration = _float(pts_text), _float(duration_text)
+        if math.isfinite(pts):
+            end = max(end, pts + (duration if math.isfinite(duration) else 0.0))
+    return max(0.0, end - origin)
+
+
+async def probe_end(
+    ffprobe: str, url: str, protocols: tuple[str, ...], origin: float, limits: process.Limits, *, cwd: str | None = None
+) -> float:
+    """Read every video packet's time to find where the video ends, for files that state no
+    duration (a WebM written by a browser's MediaRecorder, Matroska or MPEG-TS written to a
+    pipe). Packets are read, not decoded."""
+    try:
+        result = await process.run(packets_argv(ffprobe, url, protocols), limits=limits, cwd=cwd)
+    except process.ProcessTimeout:
+        raise ResourceContentBad(
+            f"Finding the end of an input that states no duration took longer than {limits.wall_seconds:g} s."
+        ) from None
+    if result.returncode != 0:
+        raise ResourceContentBad(f"The input is not a readable video: {_first_error(result.stderr)}.")
+    end = packets_end(result.stdout.decode(errors="replace"), origin)
+    if end <= 0:
+        raise ResourceContentBad("The input has no video packets with times; the file may be truncated or damaged.")
+    return end
 
 
 def keyframe_interval(csv: str) -> float:

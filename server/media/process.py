@@ -15,6 +15,8 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from server.domain.errors import DiskFull, ProcessKilled
+
 _STDERR_KEEP = 64 * 1024
 _STDOUT_MAX = 64 * 1024 * 1024
 
@@ -116,7 +118,32 @@ async def run(argv: Sequence[str], *, limits: Limits, cwd: str | None = None) ->
     except BaseException:
         await _kill_group(proc)
         raise
-    return Result(code, out, err.decode(errors="replace"))
+    return classify(Result(code, out, err.decode(errors="replace")))
+
+
+#: Signals that mean a limit ended the run, not the input: RLIMIT_CPU (SIGXCPU, then
+#: SIGKILL at the hard limit) and the kernel's OOM killer (SIGKILL). Our own wall-clock
+#: kill raises ProcessTimeout instead, so it never reaches this check.
+_LIMIT_SIGNALS = frozenset({signal.SIGKILL, signal.SIGXCPU})
+_DISK_FULL = "No space left on device"
+
+
+def classify(result: Result) -> Result:
+    """Tell the service's own faults from bad content before callers read the exit code:
+    a run killed by a resource limit or one that hit a full disk raises a ServiceFault
+    (retried for async jobs, UNAVAILABLE/INTERNAL for sync calls), so a healthy input is
+    never reported as ResourceContentBad because of the server's state."""
+    if result.returncode < 0 and -result.returncode in _LIMIT_SIGNALS:
+        raise ProcessKilled(
+            f"ffmpeg was killed by signal {-result.returncode} (a CPU-time limit or the kernel's out-of-memory "
+            "killer): a fault of the server, not of the input; retry later.",
+            retry_after=5.0,
+        )
+    if result.returncode != 0 and _DISK_FULL in result.stderr:
+        raise DiskFull(
+            "The server's work disk is full; this is not a fault of the input; retry later.", retry_after=5.0
+        )
+    return result
 
 
 async def _kill_group(proc: asyncio.subprocess.Process) -> None:

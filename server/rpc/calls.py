@@ -5,7 +5,6 @@ through the one table, and no internals leaked on surprises or undecodable reque
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import time
@@ -16,14 +15,17 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from server.domain.errors import InternalError, InvalidParameter, MpsError
+from server.domain.errors import InternalError, InvalidParameter, MpsError, Throttled
 from server.ids import new_request_id
+from server.observability import Telemetry
+from server.observability.logging import principal_var, request_id_var
+from server.observability.tracing import set_attributes
 from server.rpc.errors import rich_status
 from server.security.authn import Principal
 from server.security.guard import Guard
+from server.security.ratelimit import LIMIT_CLASS
 
 log = logging.getLogger("mps_snapshot.rpc")
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -31,6 +33,7 @@ Resp = TypeVar("Resp")
 
 class Guarded(Protocol):
     guard: Guard
+    telemetry: Telemetry
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,6 @@ def safe_deserializer(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
             return Undecodable()
 
     return deserialize
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every log record."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], error: MpsError, request_id: str) -> None:
@@ -97,7 +92,18 @@ def _admit(
     metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
     full_method = f"/{type(owner).SERVICE}/{method}"  # type: ignore[attr-defined]
     principal = owner.guard.admit(method, full_method, metadata, _cert_cn(context))
+    principal_var.set(principal.name)
     return Call(request_id=request_id, principal=principal, method=method, guard=owner.guard)
+
+
+def _record(owner: Guarded, method: str, error: MpsError | None, seconds: float | None) -> None:
+    """Metrics and span attributes of one answered call (streams have no latency)."""
+    metrics = owner.telemetry.metrics
+    metrics.rpc(method, error.code if error else "OK", seconds)
+    if isinstance(error, Throttled):
+        limit = "watch_streams" if error.code == "Throttling.WatchStreams" else LIMIT_CLASS.get(method, "other")
+        metrics.throttled.labels(limit).inc()
+    set_attributes(request_id=request_id_var.get(), code=error.code if error else "OK", principal=principal_var.get())
 
 
 Handler = Callable[[Any, Req, aio.ServicerContext[Req, Resp], Call], Awaitable[Resp]]
@@ -121,6 +127,7 @@ def unary(fn: Handler[Req, Resp]) -> Callable[[Any, Req, aio.ServicerContext[Req
         except Exception:
             error = _surprise(fn.__name__)
         elapsed = (time.monotonic() - started) * 1000
+        _record(self, fn.__name__, error, elapsed / 1000)
         if error is None:
             log.info("%s OK %.1f ms", fn.__name__, elapsed)
             context.set_trailing_metadata((("x-request-id", request_id),))
@@ -151,6 +158,7 @@ def server_stream(
             raise
         except Exception:
             error = _surprise(fn.__name__)
+        _record(self, fn.__name__, error, None)
         if error is not None:
             log.info("%s %s: %s", fn.__name__, error.code, error.message)
             await _abort(context, error, request_id)

@@ -163,6 +163,8 @@ def job_to_proto(job: Job) -> res.SnapshotJob:
         request_id=job.request_id,
         web_vtt_object=job.web_vtt_object,
         storyboard_object=job.storyboard_object,
+        images_planned=job.images_planned,
+        sprites_planned=job.sprites_planned,
     )
     if req.input is not None:
         msg.input.CopyFrom(ref_to_proto(req.input))

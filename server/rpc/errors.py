@@ -78,7 +78,22 @@ ERROR_TABLE: tuple[tuple[str, grpc.StatusCode, str], ...] = (
     ("SignatureNonceUsed", grpc.StatusCode.UNAUTHENTICATED, "The request nonce was used before."),
     ("ServiceUnavailable", grpc.StatusCode.UNAVAILABLE, "The server is shutting down; retry on another instance."),
     ("TransientNetWorkError", grpc.StatusCode.UNAVAILABLE, "Storage could not be reached; retry."),
+    (
+        "ServiceUnavailable.DiskFull",
+        grpc.StatusCode.UNAVAILABLE,
+        "The server's own disk is full (a service fault, not the input's); retry later or elsewhere.",
+    ),
+    (
+        "ServiceUnavailable.JobStore",
+        grpc.StatusCode.UNAVAILABLE,
+        "The job store cannot record the job (disk full, I/O error); nothing was done; retry later.",
+    ),
     ("InternalError", grpc.StatusCode.INTERNAL, "An unexpected error; the message carries only the request id."),
+    (
+        "InternalError.ProcessKilled",
+        grpc.StatusCode.INTERNAL,
+        "ffmpeg was killed by a resource limit (CPU time) or the kernel (out of memory); async jobs are retried.",
+    ),
     (
         "InvalidAction.NotFound",
         grpc.StatusCode.UNIMPLEMENTED,

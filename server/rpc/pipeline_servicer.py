@@ -6,6 +6,7 @@ from grpc import aio
 
 from client.api import pipeline_service_pb2 as pps
 from client.api import pipeline_service_pb2_grpc as pps_grpc
+from server.observability import Telemetry
 from server.pipelines import PipelineChanges, PipelineRegistry
 from server.rpc import converters
 from server.rpc.calls import Call, unary
@@ -15,7 +16,8 @@ from server.security.guard import Guard
 class PipelineServicer(pps_grpc.PipelineServiceServicer):
     SERVICE = "mps.snapshot.v1.PipelineService"
 
-    def __init__(self, registry: PipelineRegistry, guard: Guard) -> None:
+    def __init__(self, registry: PipelineRegistry, guard: Guard, telemetry: Telemetry | None = None) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.registry = registry
         self.guard = guard
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from grpc import aio
 
 from client.api import snapshot_service_pb2 as sps
 from client.api import snapshot_service_pb2_grpc as sps_grpc
-from server.domain.errors import MpsError
+from server.domain.errors import MpsError, ResourceNotFound
+from server.domain.models import Job
 from server.jobs import JobService
+from server.observability import Telemetry
 from server.rpc import converters
 from server.rpc.calls import Call, server_stream, time_remaining, unary
 from server.security.guard import Guard
+from server.security.policy import bucket
 from server.store.sqlite import JobFilter
 
 _KIND = {
@@ -26,17 +29,46 @@ _KIND = {
 class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
     SERVICE = "mps.snapshot.v1.SnapshotService"
 
-    def __init__(self, jobs: JobService, guard: Guard) -> None:
+    def __init__(self, jobs: JobService, guard: Guard, telemetry: Telemetry | None = None) -> None:
+        self.telemetry = telemetry or Telemetry()
         self.jobs = jobs
         self.guard = guard
 
-    async def _job_resource(self, job_id: str) -> str:
-        # An unknown job is checked as "any pipeline", so a caller without the right
-        # cannot learn which ids exist.
-        try:
-            return f"pipeline/{(await self.jobs.get(job_id)).pipeline_id}"
-        except MpsError:
-            return "pipeline/*"
+    @staticmethod
+    def job_resources(job: Job, caller: str, *, write: bool) -> tuple[str, ...]:
+        """What a call about an existing job is checked against: its pipeline, its input
+        bucket (read), its output buckets (read to look at the job, write to cancel it, which
+        removes outputs), and, for another principal's job, ``owner/<submitter>``."""
+        request, config = job.request, job.request.config
+        outputs = {config.output_file.bucket} if config and config.output_file else set()
+        if config and config.tile_out is not None and config.tile_output_file is not None:
+            outputs.add(config.tile_output_file.bucket)
+        resources = [f"pipeline/{job.pipeline_id}"]
+        if request.input is not None:
+            resources.append(bucket(request.input.bucket, "read"))
+        resources += [bucket(b, "write" if write else "read") for b in sorted(outputs)]
+        if job.owner != caller:
+            resources.append(f"owner/{job.owner or '-'}")
+        return tuple(resources)
+
+    def _visible(self, call: Call) -> Callable[[Job], bool]:
+        def visible(job: Job) -> bool:
+            resources = self.job_resources(job, call.principal.name, write=False)
+            return self.guard.allowed(call.principal, "QuerySnapshotJobList", resources)
+
+        return visible
+
+    async def _job_for(self, call: Call, job_id: str, *, write: bool) -> Job:
+        """The job, if the caller may see it; otherwise NotFound, exactly as for an id that
+        does not exist (which jobs exist is not revealed)."""
+        call.guard.authorize_action(call.principal, call.method)
+        job = await self.jobs.get(job_id)
+        if not self._visible(call)(job):
+            raise ResourceNotFound(
+                f"Snapshot job {job_id!r} does not exist; check the id returned by SubmitSnapshotJob."
+            )
+        call.authorize(*self.job_resources(job, call.principal.name, write=write))
+        return job
 
     def _pipeline_resource(self, pipeline_id: str) -> str:
         try:
@@ -52,10 +84,14 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
         call: Call,
     ) -> sps.SubmitSnapshotJobResponse:
         config = request.snapshot_config
-        buckets = {request.input.bucket, config.output_file.bucket}
+        outputs = {config.output_file.bucket}
         if config.HasField("tile_out"):
-            buckets.add(config.tile_output_file.bucket)
-        call.authorize(self._pipeline_resource(request.pipeline_id), *(f"bucket/{b}" for b in sorted(buckets)))
+            outputs.add(config.tile_output_file.bucket)
+        call.authorize(
+            self._pipeline_resource(request.pipeline_id),
+            bucket(request.input.bucket, "read"),
+            *(bucket(b, "write") for b in sorted(outputs)),
+        )
         job = await self.jobs.submit(
             converters.submit_from_proto(request),
             request_id=call.request_id,
@@ -87,16 +123,14 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
             ),
         )
         ids = [i.strip() for raw in request.snapshot_job_ids for i in raw.split(",") if i.strip()]
-        if not ids:
-            call.authorize(f"pipeline/{request.pipeline_id or '*'}")
+        call.guard.authorize_action(call.principal, call.method)
         jobs, missing, token = await self.jobs.query(
             ids,
             flt=flt,
             token=request.next_page_token,
             page_size=request.maximum_page_size if request.HasField("maximum_page_size") else None,
+            visible=self._visible(call),
         )
-        if ids:
-            call.authorize(*sorted({f"pipeline/{j.pipeline_id}" for j in jobs}))
         return sps.QuerySnapshotJobListResponse(
             request_id=call.request_id,
             snapshot_job_list=[converters.job_to_proto(j) for j in jobs],
@@ -111,7 +145,7 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
         context: aio.ServicerContext[sps.WatchSnapshotJobRequest, sps.SnapshotJobEvent],
         call: Call,
     ) -> AsyncIterator[sps.SnapshotJobEvent]:
-        call.authorize(await self._job_resource(request.snapshot_job_id))
+        await self._job_for(call, request.snapshot_job_id, write=False)
         async for kind, job in self.jobs.watch(request.snapshot_job_id):
             yield sps.SnapshotJobEvent(
                 kind=_KIND[kind],
@@ -131,6 +165,6 @@ class SnapshotServicer(sps_grpc.SnapshotServiceServicer):
         context: aio.ServicerContext[sps.CancelSnapshotJobRequest, sps.CancelSnapshotJobResponse],
         call: Call,
     ) -> sps.CancelSnapshotJobResponse:
-        call.authorize(await self._job_resource(request.snapshot_job_id))
+        await self._job_for(call, request.snapshot_job_id, write=True)
         job = await self.jobs.cancel(request.snapshot_job_id)
         return sps.CancelSnapshotJobResponse(request_id=call.request_id, snapshot_job=converters.job_to_proto(job))

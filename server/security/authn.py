@@ -10,6 +10,7 @@ constant-time.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import time
@@ -68,17 +69,24 @@ class Authenticator:
         self.by_cn = {p.cert_cn: p for p in principals if p.cert_cn}
         self.enabled = bool(principals)
         self.clock = clock
-        self.max_nonces = max_nonces
-        self._nonces: dict[tuple[str, str], float] = {}
+        self.nonces = NonceStore(max_nonces)
 
-    def authenticate(self, metadata: Mapping[str, str], method: str, cert_cn: str | None = None) -> Principal:
+    def authenticate(
+        self, metadata: Mapping[str, str], method: str, cert_cn: str | None = None, *, consume: bool = True
+    ) -> Principal:
+        """The caller. A signed call's nonce is checked here and, with ``consume``, recorded
+        as used; without it the caller records it with ``consume_nonce`` once the call is
+        admitted (a throttled call does nothing, so its nonce stays unused)."""
         if cert_cn and cert_cn in self.by_cn:
             return self.by_cn[cert_cn]
         auth = metadata.get(HEADER_AUTHORIZATION, "")
         if auth:
             return self._bearer(auth)
         if metadata.get(HEADER_SIGNATURE):
-            return self._signed(metadata, method)
+            principal = self._signed(metadata, method)
+            if consume:
+                self.consume_nonce(metadata)
+            return principal
         if not self.enabled:
             return ANONYMOUS
         raise Unauthenticated(
@@ -146,17 +154,55 @@ class Authenticator:
                 "caller's clock and sign again.",
                 code="InvalidTimeStamp.Expired",
             )
-        self._use_nonce(key_id, nonce, now, nonce_name)
-
-    def _use_nonce(self, key_id: str, nonce: str, now: float, nonce_name: str) -> None:
-        key = (key_id, nonce)
-        expiry = self._nonces.get(key)
-        if expiry is not None and expiry > now:
+        if self.nonces.used(f"{key_id}\n{nonce}", now):
             raise Unauthenticated(
                 f"This {nonce_name} was used before; use a new random nonce per call.",
                 code="SignatureNonceUsed",
             )
-        if len(self._nonces) >= self.max_nonces:
-            self._nonces = {k: v for k, v in self._nonces.items() if v > now}
-        # A nonce must be remembered as long as its timestamp could still be accepted.
-        self._nonces[key] = now + 2 * MAX_SKEW_S
+
+    def use_nonce(self, key_id: str, nonce: str) -> None:
+        """Record a signed call's nonce as used, once the call is admitted (a throttled call
+        did nothing, and storing its nonce would let a flood fill the store at no cost)."""
+        self.nonces.add(f"{key_id}\n{nonce}", self.clock())
+
+    def consume_nonce(self, metadata: Mapping[str, str]) -> None:
+        """Record a signed gRPC call's nonce as used (no-op for other calls)."""
+        if metadata.get(HEADER_SIGNATURE) and not metadata.get(HEADER_AUTHORIZATION):
+            self.use_nonce(metadata.get(HEADER_KEY_ID, ""), metadata.get(HEADER_NONCE, ""))
+
+
+class NonceStore:
+    """Nonces seen, each kept until its timestamp can no longer be accepted.
+
+    A nonce added at ``now`` carries a timestamp within MAX_SKEW_S of ``now``, so it can be
+    forgotten at ``now + 2 * MAX_SKEW_S``. Expiry times therefore grow with insertion order:
+    a FIFO of (expiry, key) beside a dict gives O(1) lookups and amortised O(1) expiry (a
+    few entries dropped per call), never a rebuild. Past ``max_nonces`` live entries the
+    oldest is forgotten first: memory stays bounded; a replay of that nonce would then need
+    ``max_nonces`` newer signed calls within its 30-minute window.
+    """
+
+    def __init__(self, max_nonces: int) -> None:
+        self.max_nonces = max_nonces
+        self._expiry: dict[str, float] = {}
+        self._order: collections.deque[tuple[float, str]] = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def _expire(self, now: float) -> None:
+        order, expiry = self._order, self._expiry
+        while order and (order[0][0] <= now or len(order) > self.max_nonces):
+            when, key = order.popleft()
+            if expiry.get(key) == when:
+                del expiry[key]
+
+    def used(self, key: str, now: float) -> bool:
+        self._expire(now)
+        return key in self._expiry
+
+    def add(self, key: str, now: float) -> None:
+        when = now + 2 * MAX_SKEW_S
+        self._expiry[key] = when
+        self._order.append((when, key))
+        self._expire(now)

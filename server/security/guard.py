@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 
 from server.domain.errors import Forbidden, Throttled
 from server.security.authn import Authenticator, Principal
-from server.security.policy import ACTIONS, is_allowed
+from server.security.policy import ACTIONS, is_allowed, may_ever
 from server.security.ratelimit import LIMIT_CLASS, RateLimiter
 
 
@@ -21,8 +21,10 @@ class Guard:
         self._watches: Counter[str] = Counter()
 
     def admit(self, method: str, full_method: str, metadata: Mapping[str, str], cert_cn: str | None) -> Principal:
-        principal = self.authenticator.authenticate(metadata, full_method, cert_cn)
+        principal = self.authenticator.authenticate(metadata, full_method, cert_cn, consume=False)
         self.throttle(principal, method)
+        # Only an admitted call uses up its nonce.
+        self.authenticator.consume_nonce(metadata)
         return principal
 
     def throttle(self, principal: Principal, method: str) -> None:
@@ -33,6 +35,18 @@ class Guard:
                 f"Request was denied due to user flow control: {principal.name} is over the "
                 f"{LIMIT_CLASS.get(method)} rate limit; retry in {wait:.2f} s.",
                 retry_after=wait,
+            )
+
+    def allowed(self, principal: Principal, method: str, resources: tuple[str, ...]) -> bool:
+        return is_allowed(principal.statements, ACTIONS[method], resources)
+
+    def authorize_action(self, principal: Principal, method: str) -> None:
+        """Refuse a caller whose policies never allow the method's action on anything."""
+        action = ACTIONS[method]
+        if not may_ever(principal.statements, action):
+            raise Forbidden(
+                f"{principal.name} is not allowed to perform {action}; ask for a policy that allows it "
+                "(an explicit Deny overrides any Allow)."
             )
 
     def authorize(self, principal: Principal, method: str, resources: tuple[str, ...]) -> None:

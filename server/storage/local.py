@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-from server.domain.errors import InvalidParameter, ResourceNotFound
+from server.domain.errors import DiskFull, InvalidParameter, PermissionDenied, ResourceNotFound
 from server.domain.keys import key_problem
 from server.storage.base import InputHandle, ObjectInfo
 
@@ -43,9 +45,17 @@ class LocalStore:
             )
         bucket_dir = self.root / bucket
         path = bucket_dir / key
-        real = Path(os.path.realpath(path))
-        if not real.is_relative_to(Path(os.path.realpath(bucket_dir))):
-            raise InvalidParameter(f"Object key {key!r} leaves its bucket.", code="InvalidParameter.ObjectKeyInvalid")
+        # No component may be a symbolic link, the bucket folder included: a link is
+        # followed by every open and rename, so one planted in the data folder (or a
+        # bucket folder that is one) would read or write outside it. The root itself
+        # was resolved once at start. Comparing with the resolved path catches a link
+        # anywhere along the existing part of the path.
+        if os.path.realpath(path) != str(path):
+            raise PermissionDenied(
+                f"Bucket {bucket!r} or object {key!r} goes through a symbolic link in the embedded store; "
+                "symbolic links are refused there (they could lead outside the data folder). Ask the operator "
+                "to replace the link with a real folder.",
+            )
         return path
 
     async def head(self, bucket: str, key: str) -> ObjectInfo:
@@ -63,16 +73,33 @@ class LocalStore:
     async def input_handle(self, bucket: str, key: str) -> InputHandle:
         return InputHandle(url="file:" + str(self.path(bucket, key).resolve()), protocols=("file",))
 
-    async def put_file(self, bucket: str, key: str, path: Path, content_type: str) -> None:
-        await asyncio.to_thread(self._put, self.path(bucket, key), path, content_type)
+    async def put_file(
+        self, bucket: str, key: str, path: Path, content_type: str, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """``progress`` (called from a worker thread) gets the bytes copied after each chunk."""
+        try:
+            await asyncio.to_thread(self._put, self.path(bucket, key), path, progress, content_type)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                # The server's disk, not the request: a service fault (retried for async jobs).
+                raise DiskFull(
+                    f"The embedded store's disk is full; {key!r} could not be written. This is not a fault "
+                    "of the input; retry later.",
+                    retry_after=5.0,
+                ) from None
+            raise
 
-    def _put(self, dest: Path, src: Path, content_type: str = "") -> None:
+    def _put(
+        self, dest: Path, src: Path, progress: Callable[[int], None] | None = None, content_type: str = ""
+    ) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.uploads / f"{uuid.uuid4().hex}.part"
         try:
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
                 while chunk := fin.read(1 << 20):
                     fout.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
                 fout.flush()
                 os.fsync(fout.fileno())
             if content_type:

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from server.domain.errors import InvalidParameter
+from server.domain.errors import InvalidParameter, StoreUnavailable
 from server.domain.models import Job, JobState, Pipeline
 from server.store import codec
 
@@ -39,6 +41,7 @@ CREATE TABLE IF NOT EXISTS client_tokens (
     created_us INTEGER NOT NULL,
     PRIMARY KEY (principal, token)
 );
+CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at_us INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS pipelines (
     id TEXT PRIMARY KEY,
     created_us INTEGER NOT NULL,
@@ -74,18 +77,44 @@ class SqliteStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._conn.executescript(_SCHEMA)
+        #: Called (on the event loop) with the error text whenever a statement fails for a
+        #: reason of the server's (the health monitor listens).
+        self.fault_listeners: list[Callable[[str], None]] = []
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def locked() -> T:
             with self._lock:
-                return fn(self._conn)
+                try:
+                    return fn(self._conn)
+                except sqlite3.OperationalError:
+                    # A failed statement inside an explicit transaction leaves it open.
+                    if self._conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._conn.execute("ROLLBACK")
+                    raise
 
-        return await asyncio.to_thread(locked)
+        try:
+            return await asyncio.to_thread(locked)
+        except sqlite3.OperationalError as exc:
+            # "database or disk is full", "disk I/O error", "database is locked": the
+            # server's fault, not the caller's; nothing was committed, so a retry is safe.
+            for listener in self.fault_listeners:
+                listener(str(exc))
+            raise StoreUnavailable(
+                "The job store cannot be written right now (the server's disk may be full); nothing was "
+                "recorded; retry later.",
+                retry_after=5.0,
+            ) from exc
 
     async def ping(self) -> bool:
+        """True when the store can commit a write (a read alone passes on a full disk)."""
+
+        def write(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO heartbeat (id, at_us) VALUES (1, ?)", (int(time.time() * 1e6),))
+
         try:
-            await self._call(lambda c: c.execute("SELECT 1").fetchone())
-        except sqlite3.Error:
+            await self._call(write)
+        except (sqlite3.Error, StoreUnavailable):
             return False
         return True
 
@@ -162,6 +191,13 @@ class SqliteStore:
             ).fetchone()
         )
         return int(row[0])
+
+    async def count_by_state(self) -> dict[tuple[str, str], int]:
+        """Jobs per (state, pipeline id), for the metrics gauge."""
+        rows = await self._call(
+            lambda c: c.execute("SELECT state, pipeline_id, COUNT(*) FROM jobs GROUP BY state, pipeline_id").fetchall()
+        )
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
 
     # Idempotency tokens
 
