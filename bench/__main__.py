@@ -15,6 +15,7 @@ encode). Benchmarks, in order (names for --only):
   concurrency  5: 8 concurrent sync callers vs 1
   memory       6: server RSS during a 1000-cell sprite job
   build        7: job 1 and the sync benchmark with the static ffmpeg of imageio-ffmpeg
+  beyond       8: a WebP sprite and an animated WebP preview vs the equivalent ffmpeg commands
 
 Each writes its own marked section of docs/performance.md (not with --quick unless --write-doc),
 and the run ends with the summary section (bench:summary): the machine, the load average at the
@@ -36,7 +37,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import bench_build, bench_concurrency, bench_jobs, media
+from bench import bench_beyond, bench_build, bench_concurrency, bench_jobs, media
 from bench import bench_sync as bs
 from bench.harness import (
     FOREIGN_LIMIT_CORES,
@@ -53,7 +54,7 @@ from bench.harness import (
     warm_page_cache,
 )
 
-NAMES = ("sync", "jobs", "gop10", "sprite", "concurrency", "memory", "build")
+NAMES = ("sync", "jobs", "gop10", "sprite", "concurrency", "memory", "build", "beyond")
 SUMMARY = "summary"
 VCSI_VENV = Path(__file__).resolve().parent / ".vcsi" / "bin" / "vcsi"
 _ROWS = re.compile(r"<!-- rows: (.*?) -->", re.S)
@@ -232,6 +233,8 @@ async def run_async(suite: Suite, which: Sequence[str], debian_sync: bs.Run | No
         await bench_concurrency.bench_concurrency(suite)
     if "build" in which:
         await bench_build.bench_build(suite, debian_sync)
+    if "beyond" in which:
+        await bench_beyond.bench_beyond(suite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -99,17 +99,42 @@ class SnapshotClient:
         width: int | None = None,
         height: int | None = None,
         frame_type: str = "",
+        image_format: str = "",
+        quality: int | None = None,
+        lossless: bool | None = None,
+        fit: str | None = None,
+        pad_color: str | None = None,
+        no_upscale: bool | None = None,
+        time_percent: float | None = None,
+        smart_pick_window_ms: int | None = None,
+        tone_map: bool | None = None,
     ) -> res.SnapshotJob:
-        """One synchronous snapshot; returns the finished job."""
+        """One synchronous snapshot; returns the finished job. The keywords after frame_type
+        are the fields beyond MPS (docs/api.md); None leaves a field unset. With
+        time_percent, time_ms is not sent."""
         config = res.SnapshotConfig(
             output_file=res.OSSFile(bucket=output_bucket, location=location, object=output_object),
-            time=time_ms,
             frame_type=frame_type,
+            format=image_format,
         )
-        if width is not None:
-            config.width = width
-        if height is not None:
-            config.height = height
+        if time_percent is None:
+            config.time = time_ms
+        optional = {
+            "width": width,
+            "height": height,
+            "quality": quality,
+            "lossless": lossless,
+            "fit": fit,
+            "pad_color": pad_color,
+            "no_upscale": no_upscale,
+            "time_percent": time_percent,
+            "tone_map": tone_map,
+        }
+        for name, value in optional.items():
+            if value is not None:
+                setattr(config, name, value)
+        if smart_pick_window_ms is not None:
+            config.smart_pick.window = smart_pick_window_ms
         request = sps.SubmitSnapshotJobRequest(
             input=res.OSSFile(bucket=bucket, location=location, object=object), snapshot_config=config
         )

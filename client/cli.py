@@ -97,6 +97,15 @@ async def _client_command(args: argparse.Namespace) -> int:
                 height=args.height,
                 frame_type=args.frame_type,
                 location=args.location,
+                image_format=args.format,
+                quality=args.quality,
+                lossless=args.lossless or None,
+                fit=args.fit,
+                pad_color=args.pad_color,
+                no_upscale=args.no_upscale or None,
+                time_percent=args.time_percent,
+                smart_pick_window_ms=args.smart_pick,
+                tone_map=False if args.no_tone_map else None,
             )
             _print(job)
             return 0
@@ -238,6 +247,16 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--height", type=int)
             cmd.add_argument("--frame-type", default="", choices=["", "normal", "intra"])
             cmd.add_argument("--location", default="")
+            # Beyond MPS (docs/api.md "Outputs beyond MPS").
+            cmd.add_argument("--format", default="", help="jpg, png or webp (default: from --out's extension)")
+            cmd.add_argument("--quality", type=int, help="1-100, for JPEG and lossy WebP")
+            cmd.add_argument("--lossless", action="store_true", help="lossless WebP")
+            cmd.add_argument("--fit", choices=["stretch", "preserve", "pad", "crop"], help="with --width and --height")
+            cmd.add_argument("--pad-color", help="bars colour for --fit pad (default black)")
+            cmd.add_argument("--no-upscale", action="store_true", help="never larger than the video")
+            cmd.add_argument("--time-percent", type=float, help="time in percent of the duration (instead of --time)")
+            cmd.add_argument("--smart-pick", type=int, metavar="WINDOW_MS", help="replace black/uniform/blurred frames")
+            cmd.add_argument("--no-tone-map", action="store_true", help="keep HDR frames as decoded")
         elif name == "submit":
             cmd.add_argument("file", help="JSON file, or - for standard input")
             cmd.add_argument("--wait", action="store_true", help="follow an async job until it ends")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from server import faults
-from server.domain import planning, sprites, validation
+from server.domain import percent, planning, sprites, validation
 from server.domain.errors import (
     FieldViolation,
     IdempotentParameterMismatch,
@@ -30,7 +30,7 @@ from server.domain.errors import (
 from server.domain.models import Job, JobState, SnapshotImage, SnapshotRequest
 from server.events import JobEvents
 from server.ids import new_id
-from server.media.argv import Encoding
+from server.media import encodings
 from server.media.engine import MediaEngine, Priority
 from server.observability import Telemetry
 from server.observability.logging import set_job
@@ -170,6 +170,8 @@ class JobService:
         self.router.store_for(valid.output_file, "snapshot_config.output_file")
         if valid.config.tile_output_file is not None and valid.config.tile_out is not None:
             self.router.store_for(valid.config.tile_output_file, "snapshot_config.tile_output_file")
+        if valid.config.animated_output_file is not None and valid.config.animated_out is not None:
+            self.router.store_for(valid.config.animated_output_file, "snapshot_config.animated_output_file")
         head = await in_store.head(valid.input.bucket, valid.input_key)
         job = Job(
             id=new_id(),
@@ -349,7 +351,7 @@ class JobService:
         )
         # Past the end is judged by the decode (the display end of the last frame), not by
         # the probe's duration, which some containers only estimate.
-        time_ms = config.time or 0
+        time_ms = percent.start_ms(config, info.duration_s * 1000)
         out = valid.output_file
         out_store = self.router.store_for(out, "snapshot_config.output_file")
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
@@ -360,19 +362,33 @@ class JobService:
                 info,
                 time_s=time_ms / 1000,
                 frame_type=valid.frame_type,
-                enc=Encoding(config.width, config.height),
+                enc=encodings.snapshots(valid, info),
                 workdir=workdir,
                 wall_seconds=limit,
                 priority=Priority.SYNC,
             )
+            replaced = ""
+            if config.smart_pick is not None:
+                frame, replaced = await self.engine.smart_pick(
+                    handle,
+                    info,
+                    frame,
+                    time_s=time_ms / 1000,
+                    smart=config.smart_pick,
+                    enc=encodings.snapshots(valid, info),
+                    workdir=workdir,
+                    wall_seconds=limit,
+                    priority=Priority.SYNC,
+                )
             written.append((out_store, out.bucket, key))
-            await out_store.put_file(out.bucket, key, frame.path, "image/jpeg")
+            await out_store.put_file(out.bucket, key, frame.path, valid.image_format.content_type)
         image = SnapshotImage(
             object=key,
             time_ms=media_time_ms(frame.time_s),
             requested_time_ms=float(time_ms),
             width=frame.width,
             height=frame.height,
+            replaced=replaced,
         )
         return dataclasses.replace(
             job, state=JobState.SUCCESS, count=1, images=(image,), images_planned=1, finish_time=now()

@@ -19,9 +19,9 @@ from pathlib import Path
 from server import faults
 from server.domain import extraction, planning, sprites, validation
 from server.domain.errors import InternalError, MpsError, ResourceContentBad, ServiceFault
-from server.domain.models import FrameType, Job, JobState, SnapshotImage, SpriteImage
+from server.domain.models import AnimatedImage, FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
-from server.media.argv import Encoding
+from server.media import animate, encodings
 from server.media.capture import Frame, PastTheEnd
 from server.media.engine import MediaEngine
 from server.media.probe import MediaInfo
@@ -117,6 +117,7 @@ class JobRunner:
                 images=(),
                 sprites=(),
                 tile_count=0,
+                animated=None,
             )
         job = dataclasses.replace(job, finish_time=now(), notify_pending=self.notify_wanted(job))
         await asyncio.shield(self.jobs.save(job))
@@ -163,6 +164,8 @@ class JobRunner:
                 # Signed anew for every ffmpeg run: presigned URLs expire, long jobs do not.
                 return await in_store.input_handle(valid.input.bucket, valid.input_key)
 
+            outputs.fresh_handle = fresh_handle
+
             frames = self._frames(
                 fresh_handle, version, info, valid, points, first_override, workdir, outputs.capture_size()
             )
@@ -171,6 +174,8 @@ class JobRunner:
                     if frame is None or outputs.repeats(frame):
                         continue  # intra: no keyframe near this point, or the same keyframe again
                     await outputs.add(point, frame, workdir)
+            if valid.config.animated_out is not None:
+                await outputs.write_animation(await fresh_handle(), workdir)
             await outputs.finish(workdir)
         return outputs.job
 
@@ -223,7 +228,7 @@ class JobRunner:
         chunks: list[tuple[extraction.Mode | None, list[int]]] = [(None, [0])] if first else []
         chunks += [(c.mode, [i + first for i in c.indexes]) for c in xplan.chunks]
 
-        enc = Encoding(width, height, full_chroma=cells_only)
+        enc = encodings.cells(valid, info, size) if cells_only else encodings.snapshots(valid, info)
 
         async def run_chunk(number: int, mode: extraction.Mode | None, indexes: list[int]) -> list[Frame | None]:
             folder = workdir / f"c{number:05d}"
@@ -334,9 +339,7 @@ class _Outputs:
         self.layout: sprites.Layout | None = None
         if config.tile_out is not None and valid.tile_name is not None and config.tile_output_file is not None:
             self.tile_store = runner.router.store_for(config.tile_output_file, "snapshot_config.tile_output_file")
-            self.layout = sprites.layout(
-                config.tile_out, info.output_size(config.width, config.height), valid.background
-            )
+            self.layout = sprites.layout(config.tile_out, encodings.output_size(valid, info), valid.background)
             sprites.check_size(self.layout, runner.max_sprite_pixels)
         self.images: list[SnapshotImage] = []
         self.sprites: list[SpriteImage] = []
@@ -347,6 +350,9 @@ class _Outputs:
         self.prefiltered = False
         self.step_count = 0
         self.last_commit = time.monotonic()
+        #: Smart picks: a fresh input handle for each measuring run (set by the runner).
+        self.fresh_handle: Callable[[], Awaitable[InputHandle]] | None = None
+        self.black_first = False
 
     def capture_size(self) -> tuple[int | None, int | None]:
         """The size ffmpeg scales to. Without single images, frames are decoded straight to
@@ -354,7 +360,7 @@ class _Outputs:
         config = self.valid.config
         if self.layout is None or self.keep:
             return config.width, config.height
-        frame = self.info.output_size(config.width, config.height)
+        frame = encodings.output_size(self.valid, self.info)
         _, _, w, h = sprites.fit(frame, (self.layout.cell_width, self.layout.cell_height))
         return w, h
 
@@ -370,6 +376,7 @@ class _Outputs:
         return points
 
     def start(self, the_plan: planning.Plan) -> Job:
+        self.black_first = the_plan.black is not None
         planned = len(the_plan.points)
         sprites_planned = self.layout.sprites_for(self.layout.cells_for(planned)) if self.layout else 0
         self.job = dataclasses.replace(
@@ -380,6 +387,7 @@ class _Outputs:
             sprites=(),
             count=0,
             tile_count=0,
+            animated=None,
         )
         return self.job
 
@@ -396,13 +404,30 @@ class _Outputs:
         self.taken += 1
         self.last_time = frame.time_s
         kind = "state"
+        replaced = ""
+        smart = valid.config.smart_pick
+        # MPS's black-frame rule keeps deciding the first image when it applies.
+        if smart is not None and self.fresh_handle is not None and not (index == 0 and self.black_first):
+            cells_only = self.layout is not None and not self.keep
+            frame, replaced = await self.runner.engine.smart_pick(
+                await self.fresh_handle(),
+                self.info,
+                frame,
+                time_s=point.time_ms / 1000,
+                smart=smart,
+                enc=encodings.cells(valid, self.info, self.capture_size())
+                if cells_only
+                else encodings.snapshots(valid, self.info),
+                workdir=workdir,
+                wall_seconds=self.runner.timeout,
+            )
         if self.keep:
             key = valid.output_name.render(
                 input_key=valid.input_key, count=len(self.images) + 1, snapshot_time_ms=point.time_ms
             )
             validation.check_not_input(valid, valid.output_file.bucket, key, "snapshot_config.output_file.object")
             self.written.items.append((self.out_store, valid.output_file.bucket, key))
-            await self.out_store.put_file(valid.output_file.bucket, key, frame.path, "image/jpeg")
+            await self.out_store.put_file(valid.output_file.bucket, key, frame.path, valid.image_format.content_type)
             self.images.append(
                 SnapshotImage(
                     object=key,
@@ -410,6 +435,7 @@ class _Outputs:
                     requested_time_ms=point.time_ms,
                     width=frame.width,
                     height=frame.height,
+                    replaced=replaced,
                 )
             )
             kind = "image"
@@ -447,12 +473,13 @@ class _Outputs:
         self.canvas = None
         number = len(self.sprites) + 1
         path = workdir / f"sprite{number:05d}.jpg"
-        await asyncio.to_thread(canvas.save, path)
+        fmt = self.valid.sprite_format
+        await asyncio.to_thread(canvas.save, path, fmt, config.quality, bool(config.lossless))
         key = self._sprite_key(number)
         bucket = config.tile_output_file.bucket
         validation.check_not_input(self.valid, bucket, key, "snapshot_config.tile_output_file.object")
         self.written.items.append((self.tile_store, bucket, key))
-        await self.tile_store.put_file(bucket, key, path, "image/jpeg")
+        await self.tile_store.put_file(bucket, key, path, fmt.content_type)
         path.unlink(missing_ok=True)
         self.sprites.append(
             SpriteImage(object=key, cell_count=canvas.cells, width=canvas.layout.width, height=canvas.layout.height)
@@ -487,7 +514,7 @@ class _Outputs:
                 "No image could be taken: no keyframe lies near any requested time; "
                 "use FrameType normal, or a longer Interval."
             )
-        if self.valid.config.format.lower() == "vtt":
+        if self.valid.vtt:
             await self._write_vtt(workdir)
         if self.sprites and self.layout is not None:
             await self._write_storyboard(workdir)
@@ -498,6 +525,34 @@ class _Outputs:
             images=tuple(self.images),
             sprites=tuple(self.sprites),
             tile_count=len(self.sprites),
+        )
+
+    async def write_animation(self, handle: InputHandle, workdir: Path) -> None:
+        """The animated preview (beyond MPS), from its own decode of its time range."""
+        valid = self.valid
+        anim, ref, name = valid.config.animated_out, valid.config.animated_output_file, valid.animated_name
+        assert anim is not None and ref is not None and name is not None
+        store = self.runner.router.store_for(ref, "snapshot_config.animated_output_file")
+        key = name.render(input_key=valid.input_key)
+        spec = animate.plan(anim, self.info, key, encodings.tone_map(valid, self.info))
+        folder = workdir / "animated"
+        folder.mkdir()
+        preview = await self.runner.engine.animate(
+            handle, spec, workdir=folder, wall_seconds=self.runner.timeout, max_bytes=anim.max_bytes or 0
+        )
+        self.written.items.append((store, ref.bucket, key))
+        await store.put_file(ref.bucket, key, preview.path, f"image/{preview.format}")
+        self.job = dataclasses.replace(
+            self.job,
+            animated=AnimatedImage(
+                object=key,
+                format=preview.format,
+                frame_count=preview.frame_count,
+                duration_ms=preview.duration_ms,
+                width=preview.width,
+                height=preview.height,
+                bytes=preview.bytes,
+            ),
         )
 
     def _beside(self, key: str, extension: str) -> str:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from server.app import App
 from tests.children import run_child
@@ -49,3 +50,14 @@ async def test_go_client_end_to_end(app: App, data_dir: Path, bucket: str, video
     written = data_dir / bucket / "go"
     assert (written / "sync" / "clip-1000.jpg").stat().st_size > 0
     assert sorted(p.name for p in (written / "seq").iterdir()) == ["00001.jpg", "00002.jpg", "00003.jpg"]
+    # Outputs beyond MPS, decoded: formats by content, sizes, the animation's frames.
+    beyond = written / "beyond"
+    with Image.open(beyond / "crop.png") as img:
+        assert img.format == "PNG" and img.size == (120, 120)
+    with Image.open(beyond / "sprite.webp") as img:
+        assert img.format == "WEBP" and img.size == (192, 72)
+    with Image.open(beyond / "00001.webp") as img:
+        assert img.format == "WEBP"
+    with Image.open(beyond / "preview.webp") as img:
+        assert img.format == "WEBP" and getattr(img, "n_frames", 1) == 8 and img.size == (128, 72)
+    assert "00006.webp" in (beyond / "clip.vtt").read_text()

@@ -333,6 +333,27 @@ async def test_legacy_sdk_submit_query_and_extensions(server: App, bucket: str, 
     assert listed["NonExistSnapshotJobIds"] == {"String": []}
 
 
+async def test_legacy_sdk_outputs_beyond_mps(server: App, bucket: str, videos: dict[str, Video]) -> None:
+    """The fields beyond MPS ride in SnapshotConfig's JSON text through MPS's own protocol."""
+    put(server.settings.data_dir, bucket, "v.mp4", videos["main"].path)
+    client = legacy_sdk("AKHTTPADMIN")
+    inp, config = submit_params(
+        bucket,
+        "v.mp4",
+        {"OutputFile": output(bucket, "beyond.webp"), "TimePercent": "40", "Width": "100", "Height": "100",
+         "Fit": "crop", "Quality": 75, "SmartPick": {"Window": "1000"}},
+    )  # fmt: skip
+    request = SubmitSnapshotJobRequest.SubmitSnapshotJobRequest()
+    request.set_Input(inp)
+    request.set_SnapshotConfig(config)
+    job = (await legacy_call(server, client, request))["SnapshotJob"]
+    assert job["State"] == "Success" and job["SnapshotConfig"]["Fit"] == "crop"
+    image = job["Images"][0]
+    assert (image["Width"], image["Height"], image["RequestedTime"]) == (100, 100, 4000)
+    with Image.open(server.settings.data_dir / bucket / "beyond.webp") as img:
+        assert img.format == "WEBP" and img.size == (100, 100)
+
+
 async def test_sync_snapshot_failure_is_an_mps_error(server: App, bucket: str, videos: dict[str, Video]) -> None:
     put(server.settings.data_dir, bucket, "short.mp4", videos["tiny"].path)
     inp, config = submit_params(bucket, "short.mp4", {"OutputFile": output(bucket, "x.jpg"), "Time": "60000"})

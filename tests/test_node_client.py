@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from server.app import App
 from tests.children import run_child
@@ -43,3 +44,11 @@ async def test_node_client_end_to_end(app: App, data_dir: Path, bucket: str, vid
     written = data_dir / bucket / "node"
     assert (written / "sync" / "clip-1000.jpg").stat().st_size > 0
     assert sorted(p.name for p in (written / "seq").iterdir()) == ["00001.jpg", "00002.jpg", "00003.jpg"]
+    # Outputs beyond MPS, decoded: formats by content, sizes, the animation's frames.
+    beyond = written / "beyond"
+    with Image.open(beyond / "pad.webp") as img:
+        assert img.format == "WEBP" and img.size == (200, 200)
+    with Image.open(beyond / "grid.png") as img:
+        assert img.format == "PNG" and img.size == (128, 72)
+    with Image.open(beyond / "preview.gif") as img:
+        assert img.format == "GIF" and getattr(img, "n_frames", 1) == 5

@@ -213,6 +213,27 @@ async def test_sync_snapshot_input_and_output_in_s3(
     assert await open_uploads(admin, s3_app, s3_bucket) == []
 
 
+async def test_formats_beyond_mps_have_their_content_type_in_s3(
+    s3_client: SnapshotClient, admin: Any, s3_bucket: str, main_in_s3: tuple[str, str]
+) -> None:
+    bucket, key = main_in_s3
+    sync = await s3_client.submit(
+        submit(ref(bucket, key, S3_LOC), ref(s3_bucket, "f/a.webp", S3_LOC), time=1000, width=160)
+    )
+    img, content_type = await object_image(admin, s3_bucket, sync.snapshot_job.images[0].object)
+    assert content_type == "image/webp" and img.format == "WEBP" and img.size == (160, 90)
+    request = submit(ref(bucket, key, S3_LOC), ref(s3_bucket, "f/{Count}.png", S3_LOC), interval=4, num=2, width=64)
+    request.snapshot_config.animated_out.CopyFrom(res.AnimatedOut(duration=1000, fps=4, width=64))
+    request.snapshot_config.animated_output_file.CopyFrom(ref(s3_bucket, "f/anim.gif", S3_LOC))
+    final = await s3_client.wait((await s3_client.submit(request)).snapshot_job.id, timeout=60)
+    assert final.state == "Success", final.message
+    for image in final.images:
+        img, content_type = await object_image(admin, s3_bucket, image.object)
+        assert content_type == "image/png" and img.format == "PNG"
+    img, content_type = await object_image(admin, s3_bucket, "f/anim.gif")
+    assert content_type == "image/gif" and img.format == "GIF" and getattr(img, "n_frames", 1) == 4
+
+
 async def test_async_job_from_s3_into_local_storage(
     s3_app: App, s3_client: SnapshotClient, main_in_s3: tuple[str, str]
 ) -> None:

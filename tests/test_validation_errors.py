@@ -43,7 +43,7 @@ CASES: list[tuple[str, dict[str, Any], grpc.StatusCode, str, str]] = [
     ("height too small", {"height": 0}, INVALID, "InvalidParameter.OutOfRange", "snapshot_config.height"),
     ("negative time", {"time": -1}, INVALID, "InvalidParameter.OutOfRange", "snapshot_config.time"),
     ("unknown frame type", {"frame_type": "fast"}, INVALID, "InvalidParameter", "snapshot_config.frame_type"),
-    ("unknown format", {"format": "png"}, INVALID, "InvalidParameter", "snapshot_config.format"),
+    ("unknown format", {"format": "gif"}, INVALID, "InvalidParameter", "snapshot_config.format"),
     ("vtt needs a sequence", {"format": "vtt"}, INVALID, "InvalidParameter", "snapshot_config.format"),
     ("black level", {"black_level": 20}, INVALID, "InvalidParameter.OutOfRange", "snapshot_config.black_level"),
     (

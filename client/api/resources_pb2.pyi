@@ -96,6 +96,7 @@ class TileOut(_message.Message):
     COLOR_FIELD_NUMBER: _builtins.int
     IS_KEEP_CELL_PIC_FIELD_NUMBER: _builtins.int
     CELL_SEL_STEP_FIELD_NUMBER: _builtins.int
+    AUTO_CELLS_FIELD_NUMBER: _builtins.int
     lines: _builtins.int
     """Rows of cells per sprite, 1-10000. Default 10."""
     columns: _builtins.int
@@ -116,6 +117,13 @@ class TileOut(_message.Message):
     """Whether the single snapshots are also written to output_file. Default true (as MPS)."""
     cell_sel_step: _builtins.int
     """Take every Nth snapshot as a cell (1 = every snapshot). Default 1."""
+    auto_cells: _builtins.int
+    """Beyond MPS: cover the whole video with this many cells, 1-10000. The job then takes
+    auto_cells snapshots evenly spread from time to the end (as Interval 0 with Num
+    auto_cells) and, unless lines or columns are given, lays them out in one sprite of
+    columns = ceil(sqrt(auto_cells)) and lines = ceil(auto_cells / columns). Interval and
+    Num must not be set with it.
+    """
     def __init__(
         self,
         *,
@@ -128,11 +136,14 @@ class TileOut(_message.Message):
         color: _builtins.str = ...,
         is_keep_cell_pic: _builtins.bool | None = ...,
         cell_sel_step: _builtins.int | None = ...,
+        auto_cells: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cell_height", b"_cell_height", "_cell_sel_step", b"_cell_sel_step", "_cell_width", b"_cell_width", "_columns", b"_columns", "_is_keep_cell_pic", b"_is_keep_cell_pic", "_lines", b"_lines", "cell_height", b"cell_height", "cell_sel_step", b"cell_sel_step", "cell_width", b"cell_width", "columns", b"columns", "is_keep_cell_pic", b"is_keep_cell_pic", "lines", b"lines"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_cells", b"_auto_cells", "_cell_height", b"_cell_height", "_cell_sel_step", b"_cell_sel_step", "_cell_width", b"_cell_width", "_columns", b"_columns", "_is_keep_cell_pic", b"_is_keep_cell_pic", "_lines", b"_lines", "auto_cells", b"auto_cells", "cell_height", b"cell_height", "cell_sel_step", b"cell_sel_step", "cell_width", b"cell_width", "columns", b"columns", "is_keep_cell_pic", b"is_keep_cell_pic", "lines", b"lines"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cell_height", b"_cell_height", "_cell_sel_step", b"_cell_sel_step", "_cell_width", b"_cell_width", "_columns", b"_columns", "_is_keep_cell_pic", b"_is_keep_cell_pic", "_lines", b"_lines", "cell_height", b"cell_height", "cell_sel_step", b"cell_sel_step", "cell_width", b"cell_width", "color", b"color", "columns", b"columns", "is_keep_cell_pic", b"is_keep_cell_pic", "lines", b"lines", "margin", b"margin", "padding", b"padding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_cells", b"_auto_cells", "_cell_height", b"_cell_height", "_cell_sel_step", b"_cell_sel_step", "_cell_width", b"_cell_width", "_columns", b"_columns", "_is_keep_cell_pic", b"_is_keep_cell_pic", "_lines", b"_lines", "auto_cells", b"auto_cells", "cell_height", b"cell_height", "cell_sel_step", b"cell_sel_step", "cell_width", b"cell_width", "color", b"color", "columns", b"columns", "is_keep_cell_pic", b"is_keep_cell_pic", "lines", b"lines", "margin", b"margin", "padding", b"padding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__auto_cells: _TypeAlias = _typing.Literal["auto_cells"]  # noqa: Y015
+    _WhichOneofArgType__auto_cells: _TypeAlias = _typing.Literal["_auto_cells", b"_auto_cells"]  # noqa: Y015
     _WhichOneofReturnType__cell_height: _TypeAlias = _typing.Literal["cell_height"]  # noqa: Y015
     _WhichOneofArgType__cell_height: _TypeAlias = _typing.Literal["_cell_height", b"_cell_height"]  # noqa: Y015
     _WhichOneofReturnType__cell_sel_step: _TypeAlias = _typing.Literal["cell_sel_step"]  # noqa: Y015
@@ -145,6 +156,8 @@ class TileOut(_message.Message):
     _WhichOneofArgType__is_keep_cell_pic: _TypeAlias = _typing.Literal["_is_keep_cell_pic", b"_is_keep_cell_pic"]  # noqa: Y015
     _WhichOneofReturnType__lines: _TypeAlias = _typing.Literal["lines"]  # noqa: Y015
     _WhichOneofArgType__lines: _TypeAlias = _typing.Literal["_lines", b"_lines"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_cells) -> _WhichOneofReturnType__auto_cells | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cell_height) -> _WhichOneofReturnType__cell_height | None: ...
     @_typing.overload
@@ -167,6 +180,7 @@ class TimeArray(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TIME_POINT_LIST_FIELD_NUMBER: _builtins.int
+    TIME_PERCENT_LIST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def time_point_list(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Up to 100 media times in milliseconds, with at most two decimals. Any order;
@@ -174,14 +188,22 @@ class TimeArray(_message.Message):
         end of the video fails the job with InvalidParameter.TimeArray.
         """
 
+    @_builtins.property
+    def time_percent_list(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Beyond MPS: up to 100 times in percent of the video's duration (0 <= p < 100, at most
+        two decimals), used instead of time_point_list (give one of the two). 50 is the
+        middle of the video; a point resolves to floor(p / 100 * duration) milliseconds.
+        """
+
     def __init__(
         self,
         *,
         time_point_list: _abc.Iterable[_builtins.float] | None = ...,
+        time_percent_list: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_point_list", b"time_point_list"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["time_percent_list", b"time_percent_list", "time_point_list", b"time_point_list"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -218,7 +240,8 @@ class SnapshotConfig(_message.Message):
     """What to capture and where to write it.
 
     The job is synchronous (one image, written before SubmitSnapshotJob returns) unless
-    interval or num is set, time_array has points, or tile_out is set.
+    interval or num is set, time_array has points, or tile_out is set (beyond MPS: or
+    interval_percent or animated_out is set, or time_array has percent points).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -237,6 +260,17 @@ class SnapshotConfig(_message.Message):
     SUB_OUT_FIELD_NUMBER: _builtins.int
     BLACK_LEVEL_FIELD_NUMBER: _builtins.int
     PIXEL_BLACK_THRESHOLD_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    LOSSLESS_FIELD_NUMBER: _builtins.int
+    FIT_FIELD_NUMBER: _builtins.int
+    PAD_COLOR_FIELD_NUMBER: _builtins.int
+    NO_UPSCALE_FIELD_NUMBER: _builtins.int
+    TIME_PERCENT_FIELD_NUMBER: _builtins.int
+    INTERVAL_PERCENT_FIELD_NUMBER: _builtins.int
+    ANIMATED_OUT_FIELD_NUMBER: _builtins.int
+    ANIMATED_OUTPUT_FILE_FIELD_NUMBER: _builtins.int
+    SMART_PICK_FIELD_NUMBER: _builtins.int
+    TONE_MAP_FIELD_NUMBER: _builtins.int
     time: _builtins.int
     """Media time of the snapshot, or of the first snapshot of a sequence, in
     milliseconds from the start of the video. Default 0.
@@ -262,8 +296,14 @@ class SnapshotConfig(_message.Message):
     height: _builtins.int
     """Output height in pixels, 8-4096. See width."""
     format: _builtins.str
-    """Output kind: "" or "jpg" for JPEG images (default); "vtt" adds a WebVTT
-    thumbnail track.
+    """Output kind, case-insensitive: an image format, "vtt", or both joined by a comma.
+    Image formats (beyond MPS): "jpg" (or "jpeg"), "png", "webp". "vtt" adds a WebVTT
+    thumbnail track (as MPS) to the images, which keep their own format: "vtt" alone
+    writes JPEG images (as MPS) and "webp,vtt" WebP images with a track. With no image
+    format given, snapshots take the format the output_file object's extension names
+    (.jpg/.jpeg, .png, .webp) and sprites the one tile_output_file's names; any other
+    extension means JPEG. The image format applies to snapshots and sprites alike; the
+    stored objects get its content type (image/jpeg, image/png, image/webp).
     """
     black_level: _builtins.int
     """Black-frame filter for the first image of a sequence that starts at time 0: the
@@ -273,6 +313,40 @@ class SnapshotConfig(_message.Message):
     pixel_black_threshold: _builtins.int
     """A pixel counts as black when its luma is below this value, 0-255. Default 70
     (used with black_level).
+    """
+    quality: _builtins.int
+    """---- Beyond MPS (every field below is optional; a request without them behaves as MPS). ----
+
+    Quality of lossy images (JPEG, lossy WebP), 1-100, higher is better and larger.
+    Default: JPEG as MPS (visually lossless, mjpeg q 2), WebP 90. Not used by PNG and
+    lossless WebP.
+    """
+    lossless: _builtins.bool
+    """true: WebP images are lossless (format webp only). Default false."""
+    fit: _builtins.str
+    """How the frame fills Width x Height when both are given: "stretch" (default, as MPS:
+    exactly WidthxHeight, aspect not kept), "preserve" (fit inside: the largest size with
+    the display aspect ratio that fits in WidthxHeight, so one side is smaller), "pad"
+    (fit inside, centred on a WidthxHeight canvas of pad_color), "crop" (fill
+    WidthxHeight, aspect kept, the centre cut out). Case-insensitive.
+    """
+    pad_color: _builtins.str
+    """Colour of the bars with fit "pad": a keyword, "#RRGGBB" or "0xRRGGBB". Default black."""
+    no_upscale: _builtins.bool
+    """true: Width and Height are upper limits and the image is never larger than the
+    video's display size (no upscaling; with fit "pad" the canvas keeps its size). Default false.
+    """
+    time_percent: _builtins.float
+    """The snapshot's (or first snapshot's) time in percent of the video's duration,
+    0 <= p < 100, at most two decimals; used instead of time (give one of the two).
+    """
+    interval_percent: _builtins.float
+    """The step between snapshots in percent of the duration, above 0 up to 100, at most two
+    decimals; used instead of interval (give one of the two). Makes the job asynchronous.
+    """
+    tone_map: _builtins.bool
+    """HDR inputs (PQ or HLG transfer) are tone-mapped to SDR BT.709 unless this is false.
+    Default true; SDR inputs are never changed.
     """
     @_builtins.property
     def output_file(self) -> Global___OSSFile:
@@ -298,6 +372,24 @@ class SnapshotConfig(_message.Message):
     def sub_out(self) -> Global___SubOut:
         """WebVTT settings, used with format "vtt"."""
 
+    @_builtins.property
+    def animated_out(self) -> Global___AnimatedOut:
+        """An animated preview of a time range, written to animated_output_file. Presence makes
+        the job asynchronous; with no interval, num, time_array or tile_out, the job's images
+        are one snapshot at time (a poster), not a sequence.
+        """
+
+    @_builtins.property
+    def animated_output_file(self) -> Global___OSSFile:
+        """Where the animated preview is written. Required with animated_out."""
+
+    @_builtins.property
+    def smart_pick(self) -> Global___SmartPick:
+        """Replace a snapshot whose frame is black, nearly uniform or blurred by the best frame
+        within a window around its time. Presence turns it on. Not used for the first image
+        when the black-frame rule (black_level, or Num 1 at time 0) already applies to it.
+        """
+
     def __init__(
         self,
         *,
@@ -315,41 +407,275 @@ class SnapshotConfig(_message.Message):
         sub_out: Global___SubOut | None = ...,
         black_level: _builtins.int | None = ...,
         pixel_black_threshold: _builtins.int | None = ...,
+        quality: _builtins.int | None = ...,
+        lossless: _builtins.bool | None = ...,
+        fit: _builtins.str | None = ...,
+        pad_color: _builtins.str | None = ...,
+        no_upscale: _builtins.bool | None = ...,
+        time_percent: _builtins.float | None = ...,
+        interval_percent: _builtins.float | None = ...,
+        animated_out: Global___AnimatedOut | None = ...,
+        animated_output_file: Global___OSSFile | None = ...,
+        smart_pick: Global___SmartPick | None = ...,
+        tone_map: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_black_level", b"_black_level", "_height", b"_height", "_interval", b"_interval", "_num", b"_num", "_pixel_black_threshold", b"_pixel_black_threshold", "_time", b"_time", "_width", b"_width", "black_level", b"black_level", "height", b"height", "interval", b"interval", "num", b"num", "output_file", b"output_file", "pixel_black_threshold", b"pixel_black_threshold", "sub_out", b"sub_out", "tile_out", b"tile_out", "tile_output_file", b"tile_output_file", "time", b"time", "time_array", b"time_array", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_black_level", b"_black_level", "_fit", b"_fit", "_height", b"_height", "_interval", b"_interval", "_interval_percent", b"_interval_percent", "_lossless", b"_lossless", "_no_upscale", b"_no_upscale", "_num", b"_num", "_pad_color", b"_pad_color", "_pixel_black_threshold", b"_pixel_black_threshold", "_quality", b"_quality", "_time", b"_time", "_time_percent", b"_time_percent", "_tone_map", b"_tone_map", "_width", b"_width", "animated_out", b"animated_out", "animated_output_file", b"animated_output_file", "black_level", b"black_level", "fit", b"fit", "height", b"height", "interval", b"interval", "interval_percent", b"interval_percent", "lossless", b"lossless", "no_upscale", b"no_upscale", "num", b"num", "output_file", b"output_file", "pad_color", b"pad_color", "pixel_black_threshold", b"pixel_black_threshold", "quality", b"quality", "smart_pick", b"smart_pick", "sub_out", b"sub_out", "tile_out", b"tile_out", "tile_output_file", b"tile_output_file", "time", b"time", "time_array", b"time_array", "time_percent", b"time_percent", "tone_map", b"tone_map", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_black_level", b"_black_level", "_height", b"_height", "_interval", b"_interval", "_num", b"_num", "_pixel_black_threshold", b"_pixel_black_threshold", "_time", b"_time", "_width", b"_width", "black_level", b"black_level", "format", b"format", "frame_type", b"frame_type", "height", b"height", "interval", b"interval", "num", b"num", "output_file", b"output_file", "pixel_black_threshold", b"pixel_black_threshold", "sub_out", b"sub_out", "tile_out", b"tile_out", "tile_output_file", b"tile_output_file", "time", b"time", "time_array", b"time_array", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_black_level", b"_black_level", "_fit", b"_fit", "_height", b"_height", "_interval", b"_interval", "_interval_percent", b"_interval_percent", "_lossless", b"_lossless", "_no_upscale", b"_no_upscale", "_num", b"_num", "_pad_color", b"_pad_color", "_pixel_black_threshold", b"_pixel_black_threshold", "_quality", b"_quality", "_time", b"_time", "_time_percent", b"_time_percent", "_tone_map", b"_tone_map", "_width", b"_width", "animated_out", b"animated_out", "animated_output_file", b"animated_output_file", "black_level", b"black_level", "fit", b"fit", "format", b"format", "frame_type", b"frame_type", "height", b"height", "interval", b"interval", "interval_percent", b"interval_percent", "lossless", b"lossless", "no_upscale", b"no_upscale", "num", b"num", "output_file", b"output_file", "pad_color", b"pad_color", "pixel_black_threshold", b"pixel_black_threshold", "quality", b"quality", "smart_pick", b"smart_pick", "sub_out", b"sub_out", "tile_out", b"tile_out", "tile_output_file", b"tile_output_file", "time", b"time", "time_array", b"time_array", "time_percent", b"time_percent", "tone_map", b"tone_map", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__black_level: _TypeAlias = _typing.Literal["black_level"]  # noqa: Y015
     _WhichOneofArgType__black_level: _TypeAlias = _typing.Literal["_black_level", b"_black_level"]  # noqa: Y015
+    _WhichOneofReturnType__fit: _TypeAlias = _typing.Literal["fit"]  # noqa: Y015
+    _WhichOneofArgType__fit: _TypeAlias = _typing.Literal["_fit", b"_fit"]  # noqa: Y015
     _WhichOneofReturnType__height: _TypeAlias = _typing.Literal["height"]  # noqa: Y015
     _WhichOneofArgType__height: _TypeAlias = _typing.Literal["_height", b"_height"]  # noqa: Y015
     _WhichOneofReturnType__interval: _TypeAlias = _typing.Literal["interval"]  # noqa: Y015
     _WhichOneofArgType__interval: _TypeAlias = _typing.Literal["_interval", b"_interval"]  # noqa: Y015
+    _WhichOneofReturnType__interval_percent: _TypeAlias = _typing.Literal["interval_percent"]  # noqa: Y015
+    _WhichOneofArgType__interval_percent: _TypeAlias = _typing.Literal["_interval_percent", b"_interval_percent"]  # noqa: Y015
+    _WhichOneofReturnType__lossless: _TypeAlias = _typing.Literal["lossless"]  # noqa: Y015
+    _WhichOneofArgType__lossless: _TypeAlias = _typing.Literal["_lossless", b"_lossless"]  # noqa: Y015
+    _WhichOneofReturnType__no_upscale: _TypeAlias = _typing.Literal["no_upscale"]  # noqa: Y015
+    _WhichOneofArgType__no_upscale: _TypeAlias = _typing.Literal["_no_upscale", b"_no_upscale"]  # noqa: Y015
     _WhichOneofReturnType__num: _TypeAlias = _typing.Literal["num"]  # noqa: Y015
     _WhichOneofArgType__num: _TypeAlias = _typing.Literal["_num", b"_num"]  # noqa: Y015
+    _WhichOneofReturnType__pad_color: _TypeAlias = _typing.Literal["pad_color"]  # noqa: Y015
+    _WhichOneofArgType__pad_color: _TypeAlias = _typing.Literal["_pad_color", b"_pad_color"]  # noqa: Y015
     _WhichOneofReturnType__pixel_black_threshold: _TypeAlias = _typing.Literal["pixel_black_threshold"]  # noqa: Y015
     _WhichOneofArgType__pixel_black_threshold: _TypeAlias = _typing.Literal["_pixel_black_threshold", b"_pixel_black_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__quality: _TypeAlias = _typing.Literal["quality"]  # noqa: Y015
+    _WhichOneofArgType__quality: _TypeAlias = _typing.Literal["_quality", b"_quality"]  # noqa: Y015
     _WhichOneofReturnType__time: _TypeAlias = _typing.Literal["time"]  # noqa: Y015
     _WhichOneofArgType__time: _TypeAlias = _typing.Literal["_time", b"_time"]  # noqa: Y015
+    _WhichOneofReturnType__time_percent: _TypeAlias = _typing.Literal["time_percent"]  # noqa: Y015
+    _WhichOneofArgType__time_percent: _TypeAlias = _typing.Literal["_time_percent", b"_time_percent"]  # noqa: Y015
+    _WhichOneofReturnType__tone_map: _TypeAlias = _typing.Literal["tone_map"]  # noqa: Y015
+    _WhichOneofArgType__tone_map: _TypeAlias = _typing.Literal["_tone_map", b"_tone_map"]  # noqa: Y015
     _WhichOneofReturnType__width: _TypeAlias = _typing.Literal["width"]  # noqa: Y015
     _WhichOneofArgType__width: _TypeAlias = _typing.Literal["_width", b"_width"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__black_level) -> _WhichOneofReturnType__black_level | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fit) -> _WhichOneofReturnType__fit | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__height) -> _WhichOneofReturnType__height | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__interval) -> _WhichOneofReturnType__interval | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__interval_percent) -> _WhichOneofReturnType__interval_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lossless) -> _WhichOneofReturnType__lossless | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__no_upscale) -> _WhichOneofReturnType__no_upscale | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num) -> _WhichOneofReturnType__num | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pad_color) -> _WhichOneofReturnType__pad_color | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__pixel_black_threshold) -> _WhichOneofReturnType__pixel_black_threshold | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quality) -> _WhichOneofReturnType__quality | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__time) -> _WhichOneofReturnType__time | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_percent) -> _WhichOneofReturnType__time_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tone_map) -> _WhichOneofReturnType__tone_map | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__width) -> _WhichOneofReturnType__width | None: ...
 
 Global___SnapshotConfig: _TypeAlias = SnapshotConfig  # noqa: Y015
+
+@_typing.final
+class AnimatedOut(_message.Message):
+    """Beyond MPS: an animated preview (WebP or GIF) of a time range (docs/api.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    START_PERCENT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    FPS_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    LOOP_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """Start of the range in milliseconds. Default 0."""
+    start_percent: _builtins.float
+    """Start of the range in percent of the duration (0 <= p < 100); instead of start."""
+    duration: _builtins.int
+    """Length of the range in milliseconds, 100-60000. Default 3000; the range ends at
+    the end of the video at the latest.
+    """
+    fps: _builtins.float
+    """Frames per second, 1-30. Default 10. At most 300 frames per preview
+    (duration/1000 x fps).
+    """
+    width: _builtins.int
+    """Width in pixels, 8-1920. Default 320 (height then follows the aspect ratio)."""
+    height: _builtins.int
+    """Height in pixels, 8-1920. With only height, width follows the aspect ratio."""
+    format: _builtins.str
+    """"webp" or "gif". Default: from animated_output_file's extension, else webp."""
+    quality: _builtins.int
+    """WebP quality 1-100. Default 75."""
+    max_bytes: _builtins.int
+    """Largest preview accepted, in bytes, 1024 up to the server's image limit. Default the
+    server's image limit. A larger result fails the job (InvalidParameter.ResourceContentBad).
+    """
+    loop: _builtins.int
+    """How many times players repeat it; 0 (default) loops forever."""
+    def __init__(
+        self,
+        *,
+        start: _builtins.int | None = ...,
+        start_percent: _builtins.float | None = ...,
+        duration: _builtins.int | None = ...,
+        fps: _builtins.float | None = ...,
+        width: _builtins.int | None = ...,
+        height: _builtins.int | None = ...,
+        format: _builtins.str | None = ...,
+        quality: _builtins.int | None = ...,
+        max_bytes: _builtins.int | None = ...,
+        loop: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_duration", b"_duration", "_format", b"_format", "_fps", b"_fps", "_height", b"_height", "_loop", b"_loop", "_max_bytes", b"_max_bytes", "_quality", b"_quality", "_start", b"_start", "_start_percent", b"_start_percent", "_width", b"_width", "duration", b"duration", "format", b"format", "fps", b"fps", "height", b"height", "loop", b"loop", "max_bytes", b"max_bytes", "quality", b"quality", "start", b"start", "start_percent", b"start_percent", "width", b"width"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duration", b"_duration", "_format", b"_format", "_fps", b"_fps", "_height", b"_height", "_loop", b"_loop", "_max_bytes", b"_max_bytes", "_quality", b"_quality", "_start", b"_start", "_start_percent", b"_start_percent", "_width", b"_width", "duration", b"duration", "format", b"format", "fps", b"fps", "height", b"height", "loop", b"loop", "max_bytes", b"max_bytes", "quality", b"quality", "start", b"start", "start_percent", b"start_percent", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__duration: _TypeAlias = _typing.Literal["duration"]  # noqa: Y015
+    _WhichOneofArgType__duration: _TypeAlias = _typing.Literal["_duration", b"_duration"]  # noqa: Y015
+    _WhichOneofReturnType__format: _TypeAlias = _typing.Literal["format"]  # noqa: Y015
+    _WhichOneofArgType__format: _TypeAlias = _typing.Literal["_format", b"_format"]  # noqa: Y015
+    _WhichOneofReturnType__fps: _TypeAlias = _typing.Literal["fps"]  # noqa: Y015
+    _WhichOneofArgType__fps: _TypeAlias = _typing.Literal["_fps", b"_fps"]  # noqa: Y015
+    _WhichOneofReturnType__height: _TypeAlias = _typing.Literal["height"]  # noqa: Y015
+    _WhichOneofArgType__height: _TypeAlias = _typing.Literal["_height", b"_height"]  # noqa: Y015
+    _WhichOneofReturnType__loop: _TypeAlias = _typing.Literal["loop"]  # noqa: Y015
+    _WhichOneofArgType__loop: _TypeAlias = _typing.Literal["_loop", b"_loop"]  # noqa: Y015
+    _WhichOneofReturnType__max_bytes: _TypeAlias = _typing.Literal["max_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_bytes: _TypeAlias = _typing.Literal["_max_bytes", b"_max_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__quality: _TypeAlias = _typing.Literal["quality"]  # noqa: Y015
+    _WhichOneofArgType__quality: _TypeAlias = _typing.Literal["_quality", b"_quality"]  # noqa: Y015
+    _WhichOneofReturnType__start: _TypeAlias = _typing.Literal["start"]  # noqa: Y015
+    _WhichOneofArgType__start: _TypeAlias = _typing.Literal["_start", b"_start"]  # noqa: Y015
+    _WhichOneofReturnType__start_percent: _TypeAlias = _typing.Literal["start_percent"]  # noqa: Y015
+    _WhichOneofArgType__start_percent: _TypeAlias = _typing.Literal["_start_percent", b"_start_percent"]  # noqa: Y015
+    _WhichOneofReturnType__width: _TypeAlias = _typing.Literal["width"]  # noqa: Y015
+    _WhichOneofArgType__width: _TypeAlias = _typing.Literal["_width", b"_width"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__duration) -> _WhichOneofReturnType__duration | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__format) -> _WhichOneofReturnType__format | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fps) -> _WhichOneofReturnType__fps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__height) -> _WhichOneofReturnType__height | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__loop) -> _WhichOneofReturnType__loop | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_bytes) -> _WhichOneofReturnType__max_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__quality) -> _WhichOneofReturnType__quality | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start) -> _WhichOneofReturnType__start | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_percent) -> _WhichOneofReturnType__start_percent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__width) -> _WhichOneofReturnType__width | None: ...
+
+Global___AnimatedOut: _TypeAlias = AnimatedOut  # noqa: Y015
+
+@_typing.final
+class SmartPick(_message.Message):
+    """Beyond MPS: smart picks (docs/api.md). Measured by ffmpeg in the decode, on frames 160
+    px wide: a frame is black when its mean luma (16-235 scale) is below 32, uniform when
+    its 10th-90th percentile luma spread is below 10, blurred when blurdetect's value is
+    above max_blur. A flawed frame is replaced by the least blurred frame of the window
+    that has none of these flaws (the nearest on a tie); with none, it stays. The image
+    then reports the time used (SnapshotImage.time) and the reason (SnapshotImage.replaced).
+    The replacement is always the exact frame (as FrameType normal).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_BLUR_FIELD_NUMBER: _builtins.int
+    window: _builtins.int
+    """Width of the window in milliseconds centred on the requested time, 200-20000.
+    Default 2000.
+    """
+    max_blur: _builtins.float
+    """ffmpeg's blurdetect value above which a frame counts as blurred, 1-100. Default 8."""
+    def __init__(
+        self,
+        *,
+        window: _builtins.int | None = ...,
+        max_blur: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_blur", b"_max_blur", "_window", b"_window", "max_blur", b"max_blur", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_blur", b"_max_blur", "_window", b"_window", "max_blur", b"max_blur", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_blur: _TypeAlias = _typing.Literal["max_blur"]  # noqa: Y015
+    _WhichOneofArgType__max_blur: _TypeAlias = _typing.Literal["_max_blur", b"_max_blur"]  # noqa: Y015
+    _WhichOneofReturnType__window: _TypeAlias = _typing.Literal["window"]  # noqa: Y015
+    _WhichOneofArgType__window: _TypeAlias = _typing.Literal["_window", b"_window"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_blur) -> _WhichOneofReturnType__max_blur | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window) -> _WhichOneofReturnType__window | None: ...
+
+Global___SmartPick: _TypeAlias = SmartPick  # noqa: Y015
+
+@_typing.final
+class AnimatedImage(_message.Message):
+    """Beyond MPS: the animated preview a job wrote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    FRAME_COUNT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    object: _builtins.str
+    """The object key written, not URL-encoded (in animated_output_file's bucket)."""
+    format: _builtins.str
+    """"webp" or "gif"."""
+    frame_count: _builtins.int
+    """Frames in the animation."""
+    duration: _builtins.float
+    """Play time in milliseconds."""
+    width: _builtins.int
+    """Pixel size."""
+    height: _builtins.int
+    """Pixel size."""
+    bytes: _builtins.int
+    """Size of the object in bytes."""
+    def __init__(
+        self,
+        *,
+        object: _builtins.str = ...,
+        format: _builtins.str = ...,
+        frame_count: _builtins.int = ...,
+        duration: _builtins.float = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "duration", b"duration", "format", b"format", "frame_count", b"frame_count", "height", b"height", "object", b"object", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AnimatedImage: _TypeAlias = AnimatedImage  # noqa: Y015
 
 @_typing.final
 class MNSMessageResult(_message.Message):
@@ -392,6 +718,7 @@ class SnapshotImage(_message.Message):
     REQUESTED_TIME_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
+    REPLACED_FIELD_NUMBER: _builtins.int
     object: _builtins.str
     """The object key written, not URL-encoded (bucket and location are the job's
     output_file's).
@@ -406,6 +733,10 @@ class SnapshotImage(_message.Message):
     """Pixel size of the image."""
     height: _builtins.int
     """Pixel size of the image."""
+    replaced: _builtins.str
+    """Smart picks: why the frame at the requested time was replaced ("black", "uniform" or
+    "blurred"); empty when it was not (time then says which frame was used).
+    """
     def __init__(
         self,
         *,
@@ -414,10 +745,11 @@ class SnapshotImage(_message.Message):
         requested_time: _builtins.float = ...,
         width: _builtins.int = ...,
         height: _builtins.int = ...,
+        replaced: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "object", b"object", "requested_time", b"requested_time", "time", b"time", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["height", b"height", "object", b"object", "replaced", b"replaced", "requested_time", b"requested_time", "time", b"time", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -486,6 +818,7 @@ class SnapshotJob(_message.Message):
     STORYBOARD_OBJECT_FIELD_NUMBER: _builtins.int
     IMAGES_PLANNED_FIELD_NUMBER: _builtins.int
     SPRITES_PLANNED_FIELD_NUMBER: _builtins.int
+    ANIMATED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The job id: 32 lowercase hexadecimal characters."""
     state: _builtins.str
@@ -550,6 +883,10 @@ class SnapshotJob(_message.Message):
     def finish_time(self) -> _timestamp_pb2.Timestamp:
         """When the job reached its final state; unset while it is not finished (beyond MPS)."""
 
+    @_builtins.property
+    def animated(self) -> Global___AnimatedImage:
+        """The animated preview written (animated_out); unset if none (beyond MPS)."""
+
     def __init__(
         self,
         *,
@@ -574,10 +911,11 @@ class SnapshotJob(_message.Message):
         storyboard_object: _builtins.str = ...,
         images_planned: _builtins.int = ...,
         sprites_planned: _builtins.int = ...,
+        animated: Global___AnimatedImage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["creation_time", b"creation_time", "finish_time", b"finish_time", "input", b"input", "mns_message_result", b"mns_message_result", "snapshot_config", b"snapshot_config"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["animated", b"animated", "creation_time", b"creation_time", "finish_time", b"finish_time", "input", b"input", "mns_message_result", b"mns_message_result", "snapshot_config", b"snapshot_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "code", b"code", "count", b"count", "creation_time", b"creation_time", "finish_time", b"finish_time", "id", b"id", "images", b"images", "images_planned", b"images_planned", "input", b"input", "message", b"message", "mns_message_result", b"mns_message_result", "pipeline_id", b"pipeline_id", "request_id", b"request_id", "snapshot_config", b"snapshot_config", "sprites", b"sprites", "sprites_planned", b"sprites_planned", "state", b"state", "storyboard_object", b"storyboard_object", "tile_count", b"tile_count", "user_data", b"user_data", "web_vtt_object", b"web_vtt_object"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["animated", b"animated", "attempts", b"attempts", "code", b"code", "count", b"count", "creation_time", b"creation_time", "finish_time", b"finish_time", "id", b"id", "images", b"images", "images_planned", b"images_planned", "input", b"input", "message", b"message", "mns_message_result", b"mns_message_result", "pipeline_id", b"pipeline_id", "request_id", b"request_id", "snapshot_config", b"snapshot_config", "sprites", b"sprites", "sprites_planned", b"sprites_planned", "state", b"state", "storyboard_object", b"storyboard_object", "tile_count", b"tile_count", "user_data", b"user_data", "web_vtt_object", b"web_vtt_object"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class SnapshotServiceStub:
-    """Takes JPEG snapshots and sprites from videos in object storage.
+    """Takes JPEG snapshots and sprites from videos in object storage (beyond MPS: PNG and
+    WebP images and animated WebP/GIF previews; resources.proto SnapshotConfig).
     """
 
     def __init__(self, channel):
@@ -59,7 +60,8 @@ class SnapshotServiceStub:
 
 
 class SnapshotServiceServicer:
-    """Takes JPEG snapshots and sprites from videos in object storage.
+    """Takes JPEG snapshots and sprites from videos in object storage (beyond MPS: PNG and
+    WebP images and animated WebP/GIF previews; resources.proto SnapshotConfig).
     """
 
     def SubmitSnapshotJob(self, request, context):
@@ -129,7 +131,8 @@ def add_SnapshotServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SnapshotService:
-    """Takes JPEG snapshots and sprites from videos in object storage.
+    """Takes JPEG snapshots and sprites from videos in object storage (beyond MPS: PNG and
+    WebP images and animated WebP/GIF previews; resources.proto SnapshotConfig).
     """
 
     @staticmethod

@@ -35,7 +35,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class SnapshotServiceStub:
-    """Takes JPEG snapshots and sprites from videos in object storage."""
+    """Takes JPEG snapshots and sprites from videos in object storage (beyond MPS: PNG and
+    WebP images and animated WebP/GIF previews; resources.proto SnapshotConfig).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -62,7 +64,9 @@ class SnapshotServiceStub:
 
 @_typing.type_check_only
 class SnapshotServiceAsyncStub(SnapshotServiceStub):
-    """Takes JPEG snapshots and sprites from videos in object storage."""
+    """Takes JPEG snapshots and sprites from videos in object storage (beyond MPS: PNG and
+    WebP images and animated WebP/GIF previews; resources.proto SnapshotConfig).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitSnapshotJob: _aio.UnaryUnaryMultiCallable[_snapshot_service_pb2.SubmitSnapshotJobRequest, _snapshot_service_pb2.SubmitSnapshotJobResponse]  # type: ignore[assignment]
@@ -85,7 +89,9 @@ class SnapshotServiceAsyncStub(SnapshotServiceStub):
     """Cancels a job that has not finished (RAM action mts:CancelSnapshotJob)."""
 
 class SnapshotServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Takes JPEG snapshots and sprites from videos in object storage."""
+    """Takes JPEG snapshots and sprites from videos in object storage (beyond MPS: PNG and
+    WebP images and animated WebP/GIF previews; resources.proto SnapshotConfig).
+    """
 
     @_abc_1.abstractmethod
     def SubmitSnapshotJob(

@@ -202,6 +202,44 @@ describe("against the server", { skip: skipServer }, () => {
     }, { code: "InvalidParameter.ResourceNotFound" });
   });
 
+  test("outputs beyond MPS: WebP, fit, percent times, auto grid, animated preview, smart picks", async () => {
+    const sync = await client.submit({
+      Input: { Bucket: bucket, Location: "oss-cn-hangzhou", Object: object },
+      SnapshotConfig: {
+        OutputFile: { Bucket: bucket, Location: "oss-cn-hangzhou", Object: "node/beyond/pad.webp" },
+        TimePercent: "50",
+        Width: "200",
+        Height: "200",
+        Fit: "pad",
+        PadColor: "#ff0000",
+        Quality: "80",
+        SmartPick: { Window: "1000" },
+      },
+    });
+    const image = sync.SnapshotJob.Images[0];
+    assert.equal(sync.SnapshotJob.State, "Success");
+    assert.equal(image.Object, "node/beyond/pad.webp");
+    assert.deepEqual([image.Width, image.Height, image.RequestedTime], [200, 200, 5000]);
+
+    const submitted = await client.submit({
+      Input: { Bucket: bucket, Location: "oss-cn-hangzhou", Object: object },
+      SnapshotConfig: {
+        OutputFile: { Bucket: bucket, Location: "oss-cn-hangzhou", Object: "node/beyond/{Count}.jpg" },
+        TileOutputFile: { Bucket: bucket, Location: "oss-cn-hangzhou", Object: "node/beyond/grid.png" },
+        TileOut: { AutoCells: "4", CellWidth: "64", CellHeight: "36", IsKeepCellPic: "false" },
+        AnimatedOut: { Start: "1000", Duration: "1000", Fps: "5", Width: "96" },
+        AnimatedOutputFile: { Bucket: bucket, Location: "oss-cn-hangzhou", Object: "node/beyond/preview.gif" },
+      },
+    });
+    const final = await client.wait(submitted.SnapshotJob.Id, { timeoutMs: 60000 });
+    assert.equal(final.State, "Success", final.Message);
+    assert.deepEqual([final.Sprites[0].Width, final.Sprites[0].Height, final.Sprites[0].CellCount], [128, 72, 4]);
+    assert.equal(final.Animated.Object, "node/beyond/preview.gif");
+    assert.equal(final.Animated.Format, "gif");
+    assert.equal(final.Animated.FrameCount, 5);
+    assert.equal(final.Animated.Width, 96);
+  });
+
   test("pipelines: add, update, query, search, delete", async () => {
     const added = await client.addPipeline({ Name: "node-pipeline", MaxConcurrentJobs: "1", QueueCapacity: "10" });
     const id = added.Pipeline.Id;

@@ -60,6 +60,32 @@ class TileOut:
     color: str = ""
     is_keep_cell_pic: bool | None = None
     cell_sel_step: int | None = None
+    #: Beyond MPS: cover the whole video with this many cells.
+    auto_cells: int | None = None
+
+
+@dataclass(frozen=True)
+class AnimatedOut:
+    """Beyond MPS: an animated preview of a time range (None: not given)."""
+
+    start: int | None = None
+    start_percent: float | None = None
+    duration: int | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    quality: int | None = None
+    max_bytes: int | None = None
+    loop: int | None = None
+
+
+@dataclass(frozen=True)
+class SmartPick:
+    """Beyond MPS: replace black, uniform or blurred frames by the best one nearby."""
+
+    window: int | None = None
+    max_blur: float | None = None
 
 
 @dataclass(frozen=True)
@@ -80,11 +106,34 @@ class SnapshotConfig:
     has_sub_out: bool = False
     black_level: int | None = None
     pixel_black_threshold: int | None = None
+    # Beyond MPS (docs/api.md "Outputs beyond MPS"); None: not given.
+    quality: int | None = None
+    lossless: bool | None = None
+    fit: str | None = None
+    pad_color: str | None = None
+    no_upscale: bool | None = None
+    time_percent: float | None = None
+    interval_percent: float | None = None
+    #: Empty when TimeArray has no percent points.
+    time_percent_points: tuple[float, ...] = ()
+    animated_out: AnimatedOut | None = None
+    animated_output_file: ObjectRef | None = None
+    smart_pick: SmartPick | None = None
+    tone_map: bool | None = None
 
     @property
     def is_async(self) -> bool:
-        """MPS's rule, extended to TimeArray and TileOut which only exist async."""
-        return self.interval is not None or self.num is not None or bool(self.time_points) or self.tile_out is not None
+        """MPS's rule, extended to TimeArray and TileOut which only exist async, and to the
+        sequence and animation fields beyond MPS."""
+        return (
+            self.interval is not None
+            or self.num is not None
+            or bool(self.time_points)
+            or self.tile_out is not None
+            or self.interval_percent is not None
+            or bool(self.time_percent_points)
+            or self.animated_out is not None
+        )
 
     @property
     def effective_frame_type(self) -> FrameType:
@@ -107,6 +156,8 @@ class SnapshotImage:
     requested_time_ms: float
     width: int
     height: int
+    #: Smart picks: why the frame at the requested time was replaced ("" if it was not).
+    replaced: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,6 +166,17 @@ class SpriteImage:
     cell_count: int
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class AnimatedImage:
+    object: str
+    format: str
+    frame_count: int
+    duration_ms: float
+    width: int
+    height: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -147,6 +209,8 @@ class Job:
     #: The WebVTT thumbnail track and the JSON storyboard written, if any.
     web_vtt_object: str = ""
     storyboard_object: str = ""
+    #: The animated preview written, if any (beyond MPS).
+    animated: AnimatedImage | None = None
     #: A completion notification is owed (set with the final state, cleared once sent or given up).
     notify_pending: bool = False
     #: The principal that submitted the job (authorization of reads and cancels).

@@ -74,3 +74,4 @@ def parse_output_name(template: str, field: str, allowed: frozenset[str]) -> Out
 
 OUTPUT_FILE_PLACEHOLDERS = frozenset({*_INPUT_PARTS, "Count", "SnapshotTime"})
 TILE_FILE_PLACEHOLDERS = frozenset({*_INPUT_PARTS, "TileCount"})
+ANIMATED_FILE_PLACEHOLDERS = frozenset(_INPUT_PARTS)

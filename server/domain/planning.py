@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.domain import percent
 from server.domain.errors import InvalidParameter, ResourceContentBad
 from server.domain.models import SnapshotConfig
 from server.domain.validation import DEFAULT_INTERVAL_S, MAX_NUM
@@ -50,6 +51,7 @@ def check_async_config(config: SnapshotConfig) -> None:
 
 def plan(config: SnapshotConfig, duration_s: float) -> Plan:
     duration_ms = duration_s * 1000
+    config = percent.resolve(config, duration_ms)
     if config.time_points:
         points = sorted(config.time_points)
         late = [p for p in points if p >= duration_ms]
@@ -69,7 +71,15 @@ def plan(config: SnapshotConfig, duration_s: float) -> Plan:
             "start the sequence earlier."
         )
     num = config.num
-    if num == 1:
+    poster_only = (
+        config.animated_out is not None
+        and num is None
+        and config.interval is None
+        and config.interval_percent is None
+        and config.tile_out is None
+    )
+    if num == 1 or poster_only:
+        # Num 1, or a job asynchronous only for its animated preview: one image at Time.
         times = [start]
         step_ms = None
     elif config.interval == 0:
@@ -77,7 +87,10 @@ def plan(config: SnapshotConfig, duration_s: float) -> Plan:
         step_ms = (duration_ms - start) / num
         times = [start + i * step_ms for i in range(num)]
     else:
-        step_ms = float((config.interval if config.interval is not None else DEFAULT_INTERVAL_S) * 1000)
+        if config.interval_percent is not None:
+            step_ms = config.interval_percent * duration_ms / 100
+        else:
+            step_ms = float((config.interval if config.interval is not None else DEFAULT_INTERVAL_S) * 1000)
         limit = num if num is not None else MAX_NUM
         count = min(limit, int((duration_ms - start - 1e-6) // step_ms) + 1)
         times = [start + i * step_ms for i in range(count)]

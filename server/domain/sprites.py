@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from server.domain.errors import InvalidParameter
 from server.domain.models import TileOut
+from server.domain.percent import auto_grid
 from server.domain.validation import DEFAULT_GRID
 
 #: JPEG cannot be larger than this on a side.
@@ -59,9 +60,17 @@ class Layout:
 
 
 def layout(tile: TileOut, snapshot_size: tuple[int, int], background: tuple[int, int, int]) -> Layout:
+    lines, columns = DEFAULT_GRID, DEFAULT_GRID
+    if tile.auto_cells is not None:
+        # AutoCells: every cell in one sprite unless the caller fixed a side.
+        lines, columns = auto_grid(tile.auto_cells)
+        if tile.columns and not tile.lines:
+            lines = math.ceil(tile.auto_cells / tile.columns)
+        if tile.lines and not tile.columns:
+            columns = math.ceil(tile.auto_cells / tile.lines)
     return Layout(
-        lines=tile.lines or DEFAULT_GRID,
-        columns=tile.columns or DEFAULT_GRID,
+        lines=tile.lines or lines,
+        columns=tile.columns or columns,
         cell_width=tile.cell_width or snapshot_size[0],
         cell_height=tile.cell_height or snapshot_size[1],
         margin=tile.margin,

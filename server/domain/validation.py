@@ -13,8 +13,11 @@ from PIL import ImageColor
 
 from server.domain import keys
 from server.domain.errors import FieldViolation, InvalidParameter
+from server.domain.fit import Fit, parse_fit
+from server.domain.formats import FormatChoice, ImageFormat, parse_format, resolve
 from server.domain.models import FrameType, ObjectRef, SnapshotConfig, SnapshotRequest
 from server.domain.placeholders import (
+    ANIMATED_FILE_PLACEHOLDERS,
     OUTPUT_FILE_PLACEHOLDERS,
     TILE_FILE_PLACEHOLDERS,
     OutputName,
@@ -31,6 +34,11 @@ MAX_GRID = 10_000
 MAX_SPACING = 4096
 DEFAULT_INTERVAL_S = 10
 DEFAULT_GRID = 10
+#: Animated previews: at most this many frames, this long, this large a side.
+MAX_ANIMATED_FRAMES = 300
+MAX_ANIMATED_MS = 60_000
+MAX_ANIMATED_SIDE = 1920
+MAX_ANIMATED_FPS = 30
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,13 @@ class ValidRequest:
     tile_name: OutputName | None
     frame_type: FrameType
     background: tuple[int, int, int]
+    # Beyond MPS; the defaults are what an MPS request gets.
+    image_format: ImageFormat = ImageFormat.JPEG
+    sprite_format: ImageFormat = ImageFormat.JPEG
+    vtt: bool = False
+    fit: Fit | None = None
+    pad_color: tuple[int, int, int] = (0, 0, 0)
+    animated_name: OutputName | None = None
 
     @property
     def is_async(self) -> bool:
@@ -164,14 +179,19 @@ def validate(request: SnapshotRequest) -> ValidRequest:
         frame_type = config.effective_frame_type
     except ValueError:
         c.add("snapshot_config.frame_type", f"FrameType {config.frame_type!r} is unknown; use normal or intra.")
-    fmt = config.format.lower()
-    if fmt not in ("", "jpg", "jpeg", "vtt"):
-        c.add("snapshot_config.format", f"Format {config.format!r} is unknown; use jpg (default) or vtt.")
-    elif fmt == "vtt" and not config.is_async:
+    choice = FormatChoice(None, False)
+    try:
+        choice = parse_format(config.format)
+    except ValueError as exc:
+        c.add("snapshot_config.format", f"{exc}.")
+    if choice.vtt and not config.is_async:
         c.add(
             "snapshot_config.format",
             "Format vtt needs a sequence of snapshots: set Interval, Num, TimeArray or TileOut.",
         )
+    image_format = resolve(choice, config.output_file.object if config.output_file else "")
+    sprite_format = resolve(choice, config.tile_output_file.object if config.tile_output_file else "")
+    fit, pad_color = _check_beyond(c, config, image_format, sprite_format)
     if config.time_points is not None:
         _check_time_points(c, config.time_points)
     background = (0, 0, 0)
@@ -204,10 +224,27 @@ def validate(request: SnapshotRequest) -> ValidRequest:
             "This job writes more than one image, so OutputFile.Object must contain {Count} "
             "(for example snap-{Count}.jpg).",
         )
+    animated_name: OutputName | None = None
+    if config.animated_out is not None and _check_ref(
+        c, config.animated_output_file, "snapshot_config.animated_output_file"
+    ):
+        assert config.animated_output_file is not None
+        animated_name = _check_output_name(
+            c,
+            config.animated_output_file,
+            "snapshot_config.animated_output_file.object",
+            ANIMATED_FILE_PLACEHOLDERS,
+            input_key,
+        )
     if isinstance(input_key, str) and request.input is not None:
         for ref, name, field in (
             (config.output_file, output_name, "snapshot_config.output_file.object"),
             (config.tile_output_file if config.tile_out is not None else None, tile_name, _TILE_FIELD),
+            (
+                config.animated_output_file if config.animated_out is not None else None,
+                animated_name,
+                "snapshot_config.animated_output_file.object",
+            ),
         ):
             if ref is not None and name is not None and ref.bucket == request.input.bucket:
                 if name.render(input_key=input_key) == input_key and not name.names & _PER_IMAGE:
@@ -225,6 +262,12 @@ def validate(request: SnapshotRequest) -> ValidRequest:
         tile_name=tile_name,
         frame_type=frame_type,
         background=background,
+        image_format=image_format,
+        sprite_format=sprite_format,
+        vtt=choice.vtt,
+        fit=fit,
+        pad_color=pad_color,
+        animated_name=animated_name,
     )
 
 
@@ -281,4 +324,104 @@ def _check_time_points(c: _Checker, points: tuple[float, ...]) -> None:
         elif abs(round(p * 100) - p * 100) > 1e-6:
             c.add(
                 f"{field}[{i}]", f"{p} has more than two decimals; round it to 0.01 ms.", "InvalidParameter.TimeArray"
+            )
+
+
+def _two_decimals(value: float) -> bool:
+    return abs(round(value * 100) - value * 100) <= 1e-6
+
+
+def _check_percent(c: _Checker, field: str, value: float, *, low_open: bool = False) -> None:
+    ok = math.isfinite(value) and (0 < value <= 100 if low_open else 0 <= value < 100)
+    if not ok:
+        span = "above 0 up to 100" if low_open else "from 0 up to (not including) 100"
+        c.add(field, f"{value} is not a percentage {span}.", "InvalidParameter.OutOfRange")
+    elif not _two_decimals(value):
+        c.add(field, f"{value} has more than two decimals; round it to 0.01.")
+
+
+def _check_beyond(
+    c: _Checker, config: SnapshotConfig, image: ImageFormat, sprite: ImageFormat
+) -> tuple[Fit | None, tuple[int, int, int]]:
+    """The fields beyond MPS (formats, fit, percent times, auto grid, animation, smart picks)."""
+    f = "snapshot_config."
+    c.range(f + "quality", config.quality, 1, 100)
+    if config.lossless and ImageFormat.WEBP not in (image, sprite):
+        c.add(f + "lossless", "Lossless applies to WebP only; set Format webp (or drop Lossless).")
+    fit: Fit | None = None
+    if config.fit is not None:
+        try:
+            fit = parse_fit(config.fit)
+        except ValueError as exc:
+            c.add(f + "fit", f"{exc}.")
+    pad = (0, 0, 0)
+    if config.pad_color is not None:
+        try:
+            pad = parse_color(config.pad_color)
+        except ValueError as exc:
+            c.add(f + "pad_color", f"PadColor {exc}.")
+    _check_times(c, config)
+    _check_animated(c, config)
+    smart = config.smart_pick
+    if smart is not None:
+        c.range(f + "smart_pick.window", smart.window, 200, 20_000, " ms")
+        c.range(f + "smart_pick.max_blur", smart.max_blur, 1, 100)
+    return fit, pad
+
+
+def _check_times(c: _Checker, config: SnapshotConfig) -> None:
+    f = "snapshot_config."
+    if config.time_percent is not None:
+        _check_percent(c, f + "time_percent", config.time_percent)
+        if config.time is not None:
+            c.add(f + "time_percent", "Give Time or TimePercent, not both.")
+    if config.interval_percent is not None:
+        _check_percent(c, f + "interval_percent", config.interval_percent, low_open=True)
+        if config.interval is not None:
+            c.add(f + "interval_percent", "Give Interval or IntervalPercent, not both.")
+    points = config.time_percent_points
+    field = f + "time_array.time_percent_list"
+    if points:
+        if config.time_points:
+            c.add(field, "Give TimePointList or TimePercentList, not both.", "InvalidParameter.TimeArray")
+        if len(points) > MAX_TIME_POINTS:
+            c.add(field, f"TimePercentList has {len(points)} points; at most {MAX_TIME_POINTS} are allowed.")
+        else:
+            for i, p in enumerate(points):
+                _check_percent(c, f"{field}[{i}]", p)
+    tile = config.tile_out
+    if tile is not None and tile.auto_cells is not None:
+        c.range(f + "tile_out.auto_cells", tile.auto_cells, 1, MAX_GRID)
+        if config.interval is not None or config.num is not None or config.interval_percent is not None:
+            c.add(f + "tile_out.auto_cells", "AutoCells chooses the times itself; drop Interval and Num.")
+        if config.time_points or points:
+            c.add(f + "tile_out.auto_cells", "AutoCells chooses the times itself; drop TimeArray.")
+
+
+def _check_animated(c: _Checker, config: SnapshotConfig) -> None:
+    f = "snapshot_config."
+    anim = config.animated_out
+    if anim is not None:
+        a = f + "animated_out."
+        c.range(a + "start", anim.start, 0, MAX_TIME_MS, " ms")
+        if anim.start_percent is not None:
+            _check_percent(c, a + "start_percent", anim.start_percent)
+            if anim.start is not None:
+                c.add(a + "start_percent", "Give Start or StartPercent, not both.")
+        c.range(a + "duration", anim.duration, 100, MAX_ANIMATED_MS, " ms")
+        c.range(a + "fps", anim.fps, 1, MAX_ANIMATED_FPS)
+        c.range(a + "width", anim.width, MIN_SIZE, MAX_ANIMATED_SIDE, " px")
+        c.range(a + "height", anim.height, MIN_SIZE, MAX_ANIMATED_SIDE, " px")
+        c.range(a + "quality", anim.quality, 1, 100)
+        c.range(a + "max_bytes", anim.max_bytes, 1024, 2**31 - 1)
+        c.range(a + "loop", anim.loop, 0, 65535)
+        if anim.format is not None and anim.format.lower() not in ("webp", "gif"):
+            c.add(a + "format", f"Format {anim.format!r} is unknown for an animation; use webp or gif.")
+        frames = math.ceil((anim.duration or 3000) / 1000 * (anim.fps or 10))
+        if frames > MAX_ANIMATED_FRAMES:
+            c.add(
+                a + "duration",
+                f"The animation would have {frames} frames, more than {MAX_ANIMATED_FRAMES}; "
+                "use a shorter Duration or a lower Fps.",
+                "InvalidParameter.OutOfRange",
             )

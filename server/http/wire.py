@@ -42,11 +42,12 @@ NUMBERS = frozenset(
         _PKG + "Pipeline.max_concurrent_jobs",
         _PKG + "Pipeline.queue_capacity",
         _PKG + "TimeArray.time_point_list",
+        _PKG + "TimeArray.time_percent_list",
         _PKG + "SnapshotJob.attempts",
     }
 )
 #: Messages (our extensions) whose numbers all stay numbers.
-NUMERIC_MESSAGES = frozenset({_PKG + "SnapshotImage", _PKG + "SpriteImage"})
+NUMERIC_MESSAGES = frozenset({_PKG + "SnapshotImage", _PKG + "SpriteImage", _PKG + "AnimatedImage"})
 
 #: Messages whose implicit-presence fields are sent even when empty or zero, as MPS does
 #: (a job always has State, Count, Code ...); elsewhere unset values are left out.

@@ -20,6 +20,8 @@ from typing import Any
 
 import ffmpeg
 
+from server.domain.fit import Geometry
+from server.domain.formats import DEFAULT_WEBP_QUALITY, ImageFormat, jpeg_qscale
 from server.media.hardening import input_options
 
 #: mjpeg -q:v 2: visually lossless stills.
@@ -49,6 +51,17 @@ class Encoding:
     width: int | None = None
     height: int | None = None
     full_chroma: bool = False
+    # Beyond MPS (the defaults write exactly what MPS requests always got). Files keep
+    # their .jpg names whatever the codec: image2 writes what -c:v encodes, and capture
+    # checks the written image by its content.
+    image: ImageFormat = ImageFormat.JPEG
+    #: Quality 1-100 for JPEG and lossy WebP (None: the format's default).
+    quality: int | None = None
+    lossless: bool = False
+    #: Fit modes and no-upscale limits (domain.fit); None: sized from width/height as MPS.
+    geometry: Geometry | None = None
+    #: Tone-map HDR to SDR BT.709 (media.hdr.tone_map_chain), applied after scaling.
+    tone_map: str | None = None
 
 
 def scale_chain(enc: Encoding, name: str) -> str:
@@ -57,6 +70,8 @@ def scale_chain(enc: Encoding, name: str) -> str:
     Sizes follow the display aspect ratio (dar = iw/ih*sar), after ffmpeg's auto-rotation;
     "+0.5" because scale truncates its expressions (probe.MediaInfo.output_size mirrors it)."""
     w, h = enc.width, enc.height
+    if enc.geometry is not None or enc.tone_map is not None:
+        return _extended_chain(enc, name)
     if w and h:
         scale = f"scale=w={w}:h={h}:flags={SCALE_FLAGS}"
     elif w:
@@ -66,6 +81,25 @@ def scale_chain(enc: Encoding, name: str) -> str:
     else:
         scale = f"scale=w=iw*sar+0.5:h=ih:flags={SCALE_FLAGS}"
     return f"{scale},setsar=1,{log(name)}"
+
+
+def _extended_chain(enc: Encoding, name: str) -> str:
+    """Scaling with a fit geometry and/or tone mapping. Tone mapping runs after scaling:
+    on thumbnail-sized frames it costs a fraction of a full-size pass."""
+    g = enc.geometry
+    if g is not None:
+        steps = [f"scale=w={g.scale[0]}:h={g.scale[1]}:flags={SCALE_FLAGS}", "setsar=1"]
+        if g.crop is not None:
+            steps.append("crop=w={}:h={}:x={}:y={}".format(*g.crop))
+        if g.pad is not None:
+            r, gr, b = g.color
+            steps.append("pad=w={}:h={}:x={}:y={}".format(*g.pad) + f":color=0x{r:02x}{gr:02x}{b:02x}")
+    else:
+        plain = scale_chain(Encoding(enc.width, enc.height, enc.full_chroma), name)
+        steps = [plain.rsplit(",", 1)[0]]  # the MPS sizing without its showinfo
+    if enc.tone_map is not None:
+        steps.append(enc.tone_map)
+    return ",".join([*steps, log(name)])
 
 
 def log(name: str) -> str:
@@ -86,8 +120,20 @@ def _jpeg(enc: Encoding, **extra: Any) -> dict[str, Any]:
         "f": "image2",
         **extra,
     }
-    if enc.full_chroma:
-        opts["pix_fmt"] = "yuvj444p"
+    if enc.image is ImageFormat.PNG:
+        del opts["q:v"]
+        opts.update({"c:v": "png", "pix_fmt": "rgb24"})
+    elif enc.image is ImageFormat.WEBP:
+        del opts["q:v"]
+        quality = DEFAULT_WEBP_QUALITY if enc.quality is None else enc.quality
+        # Lossless WebP is RGB inside (and libwebp has no 4:4:4): hand it RGB in those cases.
+        pix = "bgra" if enc.lossless or enc.full_chroma else "yuv420p"
+        opts.update({"c:v": "libwebp", "lossless": int(enc.lossless), "quality": quality, "pix_fmt": pix})
+    else:
+        if enc.quality is not None:
+            opts["q:v"] = jpeg_qscale(enc.quality)
+        if enc.full_chroma:
+            opts["pix_fmt"] = "yuvj444p"
     return opts
 
 
@@ -275,3 +321,66 @@ def _packets(ffprobe: str, url: str, protocols: tuple[str, ...], entries: str, i
 def packets_argv(ffprobe: str, url: str, protocols: tuple[str, ...]) -> list[str]:
     """Every video packet's time and duration (no decoding): the end of a file without a duration."""
     return _packets(ffprobe, url, protocols, "pts_time,duration_time", None)
+
+
+@dataclass(frozen=True)
+class Animation:
+    """An animated preview (beyond MPS): ``start_s``/``duration_s`` from the presentation
+    start, ``fps`` frames a second, scaled to ``size``, at most ``frames`` frames."""
+
+    start_s: float
+    duration_s: float
+    fps: float
+    size: tuple[int, int]
+    frames: int
+    gif: bool = False
+    quality: int = 75
+    loop: int = 0
+    tone_map: str | None = None
+
+
+def animated_argv(ffmpeg_bin: str, src: Source, anim: Animation, out: Path) -> list[str]:
+    """One decode of the range (an accurate input seek), resampled to ``fps``, scaled, and
+    encoded by libwebp_anim or as a GIF with a palette made for these frames; showinfo
+    ``anim`` logs each frame written."""
+    # The input seek starts a second early: an accurate seek drops the frame still shown at
+    # the start when it began before it. fps then starts its first slot at the start itself.
+    seek = max(0.0, anim.start_s - 1.0)
+    lead = anim.start_s - seek
+    stream = _input(src, ss=f"{seek:.6f}", t=f"{lead + anim.duration_s:.6f}")["v:0"]
+    w, h = anim.size
+    # round=up: output frame k is the last frame whose time is at or before start + k/fps
+    # (the frame shown then), as for snapshots; the default rounding takes one up to half a
+    # slot later.
+    steps = [f"fps={anim.fps:g}:round=up:start_time={lead:.6f}", f"scale=w={w}:h={h}:flags={SCALE_FLAGS}", "setsar=1"]
+    if anim.tone_map is not None:
+        steps.append(anim.tone_map)
+    steps.append(log("anim"))
+    graph = ",".join(steps)
+    opts: dict[str, Any] = {"an": None, "sn": None, "dn": None, "frames:v": anim.frames, "loop": anim.loop}
+    if anim.gif:
+        # One palette for the whole preview from these very frames (diff: weighted to what
+        # moves), ordered dithering so frames compress and do not shimmer.
+        graph += ",split[a][b];[a]palettegen=stats_mode=diff[p];[b][p]paletteuse=dither=bayer:bayer_scale=3"
+        opts.update({"f": "gif", "filter:v": graph})
+    else:
+        opts.update({"f": "webp", "c:v": "libwebp_anim", "quality": anim.quality, "lossless": 0, "pix_fmt": "yuv420p"})
+        opts["filter:v"] = graph
+    return _compile(stream.output(str(out), **opts), ffmpeg_bin)
+
+
+#: Width frames are measured at for smart picks: the measures are about the picture as a
+#: whole, and a small frame makes signalstats/blurdetect/entropy cheap.
+MEASURE_WIDTH = 160
+
+
+def measure_argv(ffmpeg_bin: str, src: Source, *, seek_s: float, window: tuple[float, float]) -> list[str]:
+    """Decode the frames of ``window`` (absolute, the file's clock, as ExactPoint) and print
+    each one's luma statistics (signalstats), blur (blurdetect) and entropy; nothing is written."""
+    start, end = window
+    graph = (
+        f"trim=end={end + 1e-3:.6f},select='between(t,{start:.6f},{end:.6f})',"
+        f"scale=w={MEASURE_WIDTH}:h=-2,signalstats,blurdetect,entropy,metadata=mode=print"
+    )
+    stream = _input(src, seek_s=seek_s)["v:0"]
+    return _compile(stream.output("-", f="null", **{"filter:v": graph}), ffmpeg_bin)

@@ -53,20 +53,21 @@ class PastTheEnd(ResourceContentBad):
 _TRUNCATED = "The input is truncated: the data of the frame at the requested time is missing from the file."
 
 
-def check_jpeg(path: Path, max_bytes: int) -> tuple[int, int]:
-    """Refuse to publish anything that is not a whole, decodable JPEG of sane size."""
+def check_jpeg(path: Path, max_bytes: int, expected: str = "JPEG") -> tuple[int, int]:
+    """Refuse to publish anything that is not a whole, decodable image of sane size in the
+    ``expected`` format (Pillow's name: JPEG, or PNG/WEBP beyond MPS)."""
     if not path.exists() or path.stat().st_size == 0:
         raise ResourceContentBad("No frame could be decoded at the requested time; the file may be damaged.")
     if path.stat().st_size > max_bytes:
         raise ResourceContentBad(f"The snapshot is larger than {max_bytes} bytes; request a smaller Width/Height.")
     try:
         with Image.open(path) as img:
-            if img.format != "JPEG":
-                raise ResourceContentBad("The snapshot is not a JPEG image.")
+            if img.format != expected:
+                raise ResourceContentBad(f"The snapshot is not a {expected} image.")
             size = img.size
             # Decoding at 1/8 scale still reads every entropy-coded block (so a cut or
             # corrupt file fails) for a fraction of a full decode: ~0.7 ms instead of ~6 ms
-            # at 1080p.
+            # at 1080p. (draft is a no-op for PNG and WebP, which are decoded whole.)
             img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             img.load()
             return size
@@ -75,7 +76,7 @@ def check_jpeg(path: Path, max_bytes: int) -> tuple[int, int]:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         # Pillow's "cannot identify", "image file is truncated", broken markers...
         raise ResourceContentBad(
-            "The snapshot ffmpeg wrote is not a whole JPEG image; the input may be damaged."
+            f"The snapshot ffmpeg wrote is not a whole {expected} image; the input may be damaged."
         ) from None
 
 
@@ -154,7 +155,7 @@ async def capture_exact(
         match run.decision:
             case frames.Shown(time_s=chosen):
                 if _same(run.written, chosen) and out.exists():
-                    w, h = check_jpeg(out, max_bytes)
+                    w, h = check_jpeg(out, max_bytes, enc.image.pillow)
                     return Frame(out, chosen, w, h)
                 # The frame shown at T began before the window (a variable-frame-rate gap, or
                 # T before the first frame): its time is known now, so take exactly it.
@@ -203,7 +204,7 @@ async def capture_keyframe(
             case frames.Shown(time_s=chosen):
                 n = keys.index(chosen) + 1
                 path = argv.key_file(folder, 0, n)
-                w, h = check_jpeg(path, max_bytes)
+                w, h = check_jpeg(path, max_bytes, enc.image.pillow)
                 return Frame(path, chosen, w, h)
             case frames.SeekEarlier(seek_s=seek):
                 point = KeyPoint(seek)
@@ -257,7 +258,7 @@ async def seek_batch(
             if isinstance(decision, frames.Shown):
                 path = argv.key_file(workdir, i, keys.index(decision.time_s) + 1)
                 if path.exists():
-                    w, h = check_jpeg(path, max_bytes)
+                    w, h = check_jpeg(path, max_bytes, enc.image.pillow)
                     out.append(Frame(path, decision.time_s, w, h))
                     continue
             out.append(None)
@@ -265,7 +266,7 @@ async def seek_batch(
         run = _exact_outcome(logged, i, t, point.seek_s, info)
         path = argv.exact_file(workdir, i)
         if isinstance(run.decision, frames.Shown) and _same(run.written, run.decision.time_s) and path.exists():
-            w, h = check_jpeg(path, max_bytes)
+            w, h = check_jpeg(path, max_bytes, enc.image.pillow)
             out.append(Frame(path, run.decision.time_s, w, h))
         else:
             out.append(None)
@@ -336,7 +337,7 @@ async def decode_pass(
             chosen = chosen_or_none
             path = available[times_only.index(chosen)][1]
         path = _claim(path, used, workdir / f"dup{i}.jpg")
-        w, h = check_jpeg(path, max_bytes)
+        w, h = check_jpeg(path, max_bytes, enc.image.pillow)
         out.append(Frame(path, chosen, w, h))
     return out
 

@@ -18,10 +18,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 
-from server.domain.models import FrameType
-from server.media import capture, process
+from server.domain.models import FrameType, SmartPick
+from server.media import animate, capture, picks, process
 from server.media import probe as probe_mod
-from server.media.argv import Encoding, Source
+from server.media.argv import Animation, Encoding, Source
 from server.media.capture import Frame
 from server.observability import Telemetry
 from server.storage.base import InputHandle
@@ -156,7 +156,8 @@ class MediaEngine:
     @contextlib.asynccontextmanager
     async def _slot(self, kind: str, priority: Priority = Priority.ASYNC) -> AsyncIterator[None]:
         """A process slot for one run of ``kind`` (probe, keyframes, snapshot, black,
-        seek_batch, decode_pass), reported as a span and in the run-time histogram."""
+        seek_batch, decode_pass; animate and measure beyond MPS), reported as a span and in
+        the run-time histogram."""
         metrics = self.telemetry.metrics
         await self._slots.acquire(priority)
         try:
@@ -321,3 +322,61 @@ class MediaEngine:
                 limits=self.limits(wall_seconds),
                 max_bytes=self._max_image_bytes,
             )
+
+    async def animate(
+        self, handle: InputHandle, anim: Animation, *, workdir: Path, wall_seconds: float, max_bytes: int
+    ) -> animate.Preview:
+        """An animated preview (beyond MPS), bounded by ``max_bytes`` and the image limit."""
+        async with self._slot("animate"):
+            return await animate.render(
+                self.ffmpeg,
+                Source(handle.url, handle.protocols),
+                anim,
+                workdir=workdir,
+                limits=self.limits(wall_seconds),
+                max_bytes=min(max_bytes, self._max_image_bytes) if max_bytes else self._max_image_bytes,
+            )
+
+    async def smart_pick(
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        frame: Frame,
+        *,
+        time_s: float,
+        smart: SmartPick,
+        enc: Encoding,
+        workdir: Path,
+        wall_seconds: float,
+        priority: Priority = Priority.ASYNC,
+    ) -> tuple[Frame, str]:
+        """Smart picks (media.picks): ``frame`` (shown at ``time_s``), or the best frame of
+        the window around it when it is black, uniform or blurred, with the reason."""
+        window_s = (smart.window or picks.DEFAULT_WINDOW_MS) / 1000
+        src = Source(handle.url, handle.protocols)
+        async with self._slot("measure", priority):
+            measures = await picks.measure(
+                self.ffmpeg,
+                src,
+                info,
+                time_s=time_s,
+                window_s=window_s,
+                workdir=workdir,
+                limits=self.limits(wall_seconds),
+            )
+        pick = picks.choose(measures, time_s, smart.max_blur or picks.DEFAULT_MAX_BLUR)
+        if pick.time_s is None or abs(pick.time_s - frame.time_s) < 1e-6:
+            return frame, ""
+        folder = workdir / f"pick-{round(time_s * 1e6)}"
+        folder.mkdir(exist_ok=True)
+        better = await self.snapshot(
+            handle,
+            info,
+            time_s=pick.time_s,
+            frame_type=FrameType.NORMAL,
+            enc=enc,
+            workdir=folder,
+            wall_seconds=wall_seconds,
+            priority=priority,
+        )
+        return better, pick.reason

@@ -55,6 +55,11 @@ class MediaInfo:
     #: The stream's timestamps are not evenly spaced (its average rate differs from its
     #: base rate: dropped frames, phone recordings): exact windows are widened.
     variable_rate: bool = False
+    #: The video's colour tags (ffprobe's names): "smpte2084" (PQ) or "arib-std-b67"
+    #: (HLG) transfer means HDR (media.hdr).
+    color_transfer: str = ""
+    color_primaries: str = ""
+    color_space: str = ""
 
     @property
     def seek_lead_s(self) -> float:
@@ -205,6 +210,9 @@ def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = 
         sample_aspect=_fraction(str(video.get("sample_aspect_ratio", "1:1")).replace(":", "/")) or Fraction(1),
         variable_rate=variable,
         tick_s=float(_fraction(str(video.get("time_base", "")))) or 1e-6,
+        color_transfer=str(video.get("color_transfer", "")),
+        color_primaries=str(video.get("color_primaries", "")),
+        color_space=str(video.get("color_space", "")),
     )
 
 

@@ -3,6 +3,7 @@ besides the servicers' signatures."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
@@ -11,10 +12,12 @@ from client.api import pipeline_service_pb2 as pps
 from client.api import resources_pb2 as res
 from client.api import snapshot_service_pb2 as sps
 from server.domain.models import (
+    AnimatedOut,
     Job,
     NotifyConfig,
     ObjectRef,
     Pipeline,
+    SmartPick,
     SnapshotConfig,
     SnapshotRequest,
     TileOut,
@@ -40,16 +43,27 @@ def tile_from_proto(msg: res.TileOut) -> TileOut:
         color=msg.color,
         is_keep_cell_pic=msg.is_keep_cell_pic if msg.HasField("is_keep_cell_pic") else None,
         cell_sel_step=msg.cell_sel_step if msg.HasField("cell_sel_step") else None,
+        auto_cells=msg.auto_cells if msg.HasField("auto_cells") else None,
     )
 
 
 def tile_to_proto(tile: TileOut) -> res.TileOut:
     msg = res.TileOut(margin=tile.margin, padding=tile.padding, color=tile.color)
-    for name in ("lines", "columns", "cell_width", "cell_height", "is_keep_cell_pic", "cell_sel_step"):
+    for name in ("lines", "columns", "cell_width", "cell_height", "is_keep_cell_pic", "cell_sel_step", "auto_cells"):
         value = getattr(tile, name)
         if value is not None:
             setattr(msg, name, value)
     return msg
+
+
+def _present(msg: object, names: tuple[str, ...]) -> dict[str, object]:
+    """The optional fields of ``msg`` that are set (absent ones stay None in the domain)."""
+    return {n: getattr(msg, n) for n in names if msg.HasField(n)}  # type: ignore[attr-defined]
+
+
+_ANIMATED = tuple(f.name for f in dataclasses.fields(AnimatedOut))
+_SMART = tuple(f.name for f in dataclasses.fields(SmartPick))
+_BEYOND = ("quality", "lossless", "fit", "pad_color", "no_upscale", "time_percent", "interval_percent", "tone_map")
 
 
 def config_from_proto(msg: res.SnapshotConfig) -> SnapshotConfig:
@@ -71,6 +85,13 @@ def config_from_proto(msg: res.SnapshotConfig) -> SnapshotConfig:
         has_sub_out=msg.HasField("sub_out"),
         black_level=msg.black_level if msg.HasField("black_level") else None,
         pixel_black_threshold=msg.pixel_black_threshold if msg.HasField("pixel_black_threshold") else None,
+        time_percent_points=tuple(msg.time_array.time_percent_list),
+        animated_out=AnimatedOut(**_present(msg.animated_out, _ANIMATED)) if msg.HasField("animated_out") else None,  # type: ignore[arg-type]
+        animated_output_file=(
+            ref_from_proto(msg.animated_output_file) if msg.HasField("animated_output_file") else None
+        ),
+        smart_pick=SmartPick(**_present(msg.smart_pick, _SMART)) if msg.HasField("smart_pick") else None,  # type: ignore[arg-type]
+        **_present(msg, _BEYOND),  # type: ignore[arg-type]
     )
 
 
@@ -85,11 +106,22 @@ def config_to_proto(cfg: SnapshotConfig) -> res.SnapshotConfig:
     if cfg.time_points is not None:
         msg.time_array.SetInParent()
         msg.time_array.time_point_list.extend(cfg.time_points)
+    if cfg.time_percent_points:
+        msg.time_array.time_percent_list.extend(cfg.time_percent_points)
+    if cfg.animated_output_file is not None:
+        msg.animated_output_file.CopyFrom(ref_to_proto(cfg.animated_output_file))
+    for part, names in ((cfg.animated_out, _ANIMATED), (cfg.smart_pick, _SMART)):
+        if part is not None:
+            sub = msg.animated_out if isinstance(part, AnimatedOut) else msg.smart_pick
+            sub.SetInParent()
+            for name in names:
+                if (value := getattr(part, name)) is not None:
+                    setattr(sub, name, value)
     if cfg.has_sub_out:
         msg.sub_out.SetInParent()
         if cfg.sub_out_is_spt_frag is not None:
             msg.sub_out.is_spt_frag = cfg.sub_out_is_spt_frag
-    for name in ("time", "interval", "num", "width", "height", "black_level", "pixel_black_threshold"):
+    for name in ("time", "interval", "num", "width", "height", "black_level", "pixel_black_threshold", *_BEYOND):
         value = getattr(cfg, name)
         if value is not None:
             setattr(msg, name, value)
@@ -156,6 +188,20 @@ def job_to_proto(job: Job) -> res.SnapshotJob:
             requested_time=img.requested_time_ms,
             width=img.width,
             height=img.height,
+            replaced=img.replaced,
+        )
+    if job.animated is not None:
+        a = job.animated
+        msg.animated.CopyFrom(
+            res.AnimatedImage(
+                object=a.object,
+                format=a.format,
+                frame_count=a.frame_count,
+                duration=a.duration_ms,
+                width=a.width,
+                height=a.height,
+                bytes=a.bytes,
+            )
         )
     for sprite in job.sprites:
         msg.sprites.add(object=sprite.object, cell_count=sprite.cell_count, width=sprite.width, height=sprite.height)

@@ -78,7 +78,7 @@ class LocalStore:
     ) -> None:
         """``progress`` (called from a worker thread) gets the bytes copied after each chunk."""
         try:
-            await asyncio.to_thread(self._put, self.path(bucket, key), path, progress)
+            await asyncio.to_thread(self._put, self.path(bucket, key), path, progress, content_type)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 # The server's disk, not the request: a service fault (retried for async jobs).
@@ -89,7 +89,9 @@ class LocalStore:
                 ) from None
             raise
 
-    def _put(self, dest: Path, src: Path, progress: Callable[[int], None] | None = None) -> None:
+    def _put(
+        self, dest: Path, src: Path, progress: Callable[[int], None] | None = None, content_type: str = ""
+    ) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.uploads / f"{uuid.uuid4().hex}.part"
         try:
@@ -100,6 +102,12 @@ class LocalStore:
                         progress(len(chunk))
                 fout.flush()
                 os.fsync(fout.fileno())
+            if content_type:
+                # A folder has no content type: it is kept in the file's user.mime_type
+                # attribute (the name Apache and nginx modules read), where the filesystem
+                # supports extended attributes.
+                with contextlib.suppress(OSError):
+                    os.setxattr(tmp, "user.mime_type", content_type.encode())
             # rename is atomic: readers see the old object or the whole new one.
             os.replace(tmp, dest)
         finally:

@@ -182,6 +182,55 @@ func TestAsyncJobFromMPSJSONWatchedToTheEnd(t *testing.T) {
 	}
 }
 
+func TestOutputsBeyondMPS(t *testing.T) {
+	c, bucket, object := server(t)
+	ctx := ctxFor(t, 60*time.Second)
+	// Typed fields: a PNG cropped to a square at 25 % of the video, via the generated code.
+	req := &pb.SubmitSnapshotJobRequest{
+		Input: &pb.OSSFile{Bucket: bucket, Location: "oss-cn-hangzhou", Object: object},
+		SnapshotConfig: &pb.SnapshotConfig{
+			OutputFile:  &pb.OSSFile{Bucket: bucket, Location: "oss-cn-hangzhou", Object: "go/beyond/crop.png"},
+			TimePercent: proto.Float64(25),
+			Width:       proto.Int32(120),
+			Height:      proto.Int32(120),
+			Fit:         proto.String("crop"),
+			ToneMap:     proto.Bool(true),
+		},
+	}
+	resp, err := c.Submit(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := resp.GetSnapshotJob().GetImages()[0]
+	if img.Object != "go/beyond/crop.png" || img.Width != 120 || img.Height != 120 || img.RequestedTime != 2500 {
+		t.Errorf("image %v", img)
+	}
+	// MPS JSON: WebP sprites with a WebVTT track over the whole video, and an animated WebP.
+	doc := `{"Input": {"Bucket": "` + bucket + `", "Location": "oss-cn-hangzhou", "Object": "` + object + `"},
+	  "SnapshotConfig": {"OutputFile": {"Bucket": "` + bucket + `", "Location": "oss-cn-hangzhou", "Object": "go/beyond/{Count}.webp"},
+	    "TileOutputFile": {"Bucket": "` + bucket + `", "Location": "oss-cn-hangzhou", "Object": "go/beyond/sprite.webp"},
+	    "TileOut": {"AutoCells": "6", "CellWidth": "64", "CellHeight": "36"}, "Format": "webp,vtt", "Quality": "70",
+	    "AnimatedOut": {"StartPercent": "10", "Duration": "2000", "Fps": "4", "Height": "72"},
+	    "AnimatedOutputFile": {"Bucket": "` + bucket + `", "Location": "oss-cn-hangzhou", "Object": "go/beyond/preview.webp"}}}`
+	submitted, err := c.SubmitMPS(ctx, []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	final, err := c.Watch(ctx, submitted.GetSnapshotJob().Id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.State != "Success" || final.Count != 6 || final.TileCount != 1 || final.WebVttObject == "" {
+		t.Fatalf("final %v", final)
+	}
+	if s := final.Sprites[0]; s.Width != 3*64 || s.Height != 2*36 || s.CellCount != 6 {
+		t.Errorf("sprite %v", s)
+	}
+	if a := final.GetAnimated(); a.GetFormat() != "webp" || a.GetFrameCount() != 8 || a.GetWidth() != 128 || a.GetHeight() != 72 {
+		t.Errorf("animated %v", a)
+	}
+}
+
 func TestErrorCodeFromStatusDetails(t *testing.T) {
 	c, bucket, object := server(t)
 	ctx := ctxFor(t, 30*time.Second)
