@@ -141,6 +141,7 @@ class App:
         await open_stores(r.store for r in self.router.routes)
         self.engine = MediaEngine(
             ffmpeg=s.resolved_ffmpeg(),
+            local_ffmpeg=s.resolved_local_ffmpeg(),
             ffprobe=s.resolved_ffprobe(),
             tmp_dir=s.tmp_dir,
             max_processes=s.max_ffmpeg_processes,
@@ -152,6 +153,7 @@ class App:
             max_input_pixels=s.max_input_pixels,
             max_duration_s=s.max_duration_s,
             sync_reserved=s.sync_reserved_processes,
+            job_memory_mb=s.job_memory_mb,
         )
         self.engine.sweep()
         self.pipelines = PipelineRegistry(
