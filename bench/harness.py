@@ -517,6 +517,8 @@ def _kind(argv: Sequence[str]) -> tuple[str, int]:
         return "ffmpeg decode pass (exact)", text.count("between(")
     if "-t" in argv:
         return "ffmpeg decode pass (keyframes)", 0
+    if "-discard" in argv:
+        return "ffmpeg keyframe pass", text.count("eq(n,")
     if "-skip_frame" in argv:
         return "ffmpeg intra seek", 1
     return "ffmpeg single seek", 1
@@ -873,7 +875,7 @@ def job_argvs(events: Sequence[Mapping[str, Any]], since_epoch: float, until_epo
         e
         for e in events
         if e.get("step") == "run"
-        and e.get("what") == "ffmpeg"
+        and str(e.get("what", "")).startswith("ffmpeg")  # also a static build's "ffmpeg-linux-…"
         and since_epoch <= float(e.get("start", 0)) <= until_epoch
     ]
     return [[str(a) for a in e["argv"]] for e in sorted(runs, key=lambda e: float(e["start"])) if e.get("argv")]
