@@ -334,6 +334,8 @@ def probe_duration(path: Path) -> float:
 def warm_page_cache(paths: Sequence[Path]) -> None:
     """Read each file once, so every side starts from the page cache (24 GiB RAM here)."""
     for path in paths:
+        if not path.is_file():  # a file only some benchmarks use, not made for this run
+            continue
         with open(path, "rb") as f:
             for _ in range(1_000_000):
                 if not f.read(8 * 1024 * 1024):
@@ -515,6 +517,8 @@ def _kind(argv: Sequence[str]) -> tuple[str, int]:
         return "ffmpeg decode pass (exact)", text.count("between(")
     if "-t" in argv:
         return "ffmpeg decode pass (keyframes)", 0
+    if "-discard" in argv:
+        return "ffmpeg keyframe pass", text.count("eq(n,")
     if "-skip_frame" in argv:
         return "ffmpeg intra seek", 1
     return "ffmpeg single seek", 1
@@ -588,6 +592,10 @@ class RssTrace:
     max_rss_kb: int = 0
     hwm_kb: int = 0
     max_children_kb: int = 0
+    #: The highest sum of VmHWM (each process's own peak so far) over the children alive at
+    #: one sample: the summed peak of the ffmpeg processes running at once, which VmRSS
+    #: samples can miss between two samples.
+    max_children_hwm_kb: int = 0
     max_total_kb: int = 0
     samples: int = 0
 
@@ -625,7 +633,9 @@ class RssSampler:
     def _sample(self) -> None:
         t = self.trace
         rss = _status_kb(self.pid, "VmRSS")
-        kids = sum(_status_kb(k, "VmRSS") for k in _children(self.pid))
+        children = _children(self.pid)
+        kids = sum(_status_kb(k, "VmRSS") for k in children)
+        t.max_children_hwm_kb = max(t.max_children_hwm_kb, sum(_status_kb(k, "VmHWM") for k in children))
         t.max_rss_kb = max(t.max_rss_kb, rss)
         t.hwm_kb = max(t.hwm_kb, _status_kb(self.pid, "VmHWM"))
         t.max_children_kb = max(t.max_children_kb, kids)
@@ -865,7 +875,7 @@ def job_argvs(events: Sequence[Mapping[str, Any]], since_epoch: float, until_epo
         e
         for e in events
         if e.get("step") == "run"
-        and e.get("what") == "ffmpeg"
+        and str(e.get("what", "")).startswith("ffmpeg")  # also a static build's "ffmpeg-linux-…"
         and since_epoch <= float(e.get("start", 0)) <= until_epoch
     ]
     return [[str(a) for a in e["argv"]] for e in sorted(runs, key=lambda e: float(e["start"])) if e.get("argv")]

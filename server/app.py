@@ -170,6 +170,7 @@ class App:
         ]
         self.engine = MediaEngine(
             ffmpeg=s.resolved_ffmpeg(),
+            local_ffmpeg=s.resolved_local_ffmpeg(),
             ffprobe=s.resolved_ffprobe(),
             tmp_dir=s.tmp_dir,
             max_processes=s.max_ffmpeg_processes,
@@ -182,6 +183,7 @@ class App:
             max_duration_s=s.max_duration_s,
             sync_reserved=s.sync_reserved_processes,
             telemetry=self.telemetry,
+            job_memory_mb=s.job_memory_mb,
         )
         self.engine.sweep()
         self.pipelines = PipelineRegistry(

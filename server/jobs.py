@@ -27,7 +27,7 @@ from server.domain.errors import (
     ServiceUnavailable,
     SnapshotTimeOut,
 )
-from server.domain.models import Job, JobState, SnapshotImage, SnapshotRequest
+from server.domain.models import FrameType, Job, JobState, SnapshotImage, SnapshotRequest
 from server.events import JobEvents
 from server.ids import new_id
 from server.media import encodings
@@ -346,9 +346,8 @@ class JobService:
     ) -> Job:
         config = valid.config
         handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
-        info = await self.engine.probe(
-            handle, (id(in_store), valid.input.bucket, valid.input_key, head.version), limit, Priority.SYNC
-        )
+        version = (id(in_store), valid.input.bucket, valid.input_key, head.version)
+        info = await self.engine.probe(handle, version, limit, Priority.SYNC)
         # Past the end is judged by the decode (the display end of the last frame), not by
         # the probe's duration, which some containers only estimate.
         time_ms = percent.start_ms(config, info.duration_s * 1000)
@@ -356,6 +355,7 @@ class JobService:
         out_store = self.router.store_for(out, "snapshot_config.output_file")
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
         validation.check_not_input(valid, out.bucket, key, "snapshot_config.output_file.object")
+        keys = self.engine.cached_key_index(version)
         async with self.engine.workdir(job.id) as workdir:
             frame = await self.engine.snapshot(
                 handle,
@@ -366,6 +366,9 @@ class JobService:
                 workdir=workdir,
                 wall_seconds=limit,
                 priority=Priority.SYNC,
+                # An intra snapshot decodes only the chosen keyframe when an earlier job
+                # built the input's keyframe index (a sync call never builds it).
+                keys=keys.times if keys else None,
             )
             replaced = ""
             if config.smart_pick is not None:
@@ -382,6 +385,8 @@ class JobService:
                 )
             written.append((out_store, out.bucket, key))
             await out_store.put_file(out.bucket, key, frame.path, valid.image_format.content_type)
+        if valid.frame_type is FrameType.INTRA and keys is None:
+            self.engine.key_index_later(handle, version, info, self.sync_timeout_s * 10)
         image = SnapshotImage(
             object=key,
             time_ms=media_time_ms(frame.time_s),

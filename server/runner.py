@@ -18,13 +18,14 @@ from pathlib import Path
 
 from server import faults
 from server.domain import extraction, planning, sprites, validation
+from server.domain import frames as frames_rule
 from server.domain.errors import InternalError, MpsError, ResourceContentBad, ServiceFault
 from server.domain.models import AnimatedImage, FrameType, Job, JobState, SnapshotImage, SpriteImage
 from server.jobs import JobService, media_time_ms, now
 from server.media import animate, encodings
 from server.media.capture import Frame, PastTheEnd
 from server.media.engine import MediaEngine
-from server.media.probe import MediaInfo
+from server.media.probe import KeyIndex, MediaInfo
 from server.media.sprite import SpriteCanvas
 from server.storage.base import InputHandle, ObjectInfo, ObjectStore
 from server.storage.router import StorageRouter
@@ -192,6 +193,66 @@ class JobRunner:
         )
         return found
 
+    async def _units(
+        self,
+        new_handle: Callable[[], Awaitable[InputHandle]],
+        version: Hashable,
+        info: MediaInfo,
+        valid: validation.ValidRequest,
+        points: list[planning.Point],
+        first_override: float | None,
+        frame_size: tuple[int, int],
+    ) -> tuple[list[_Unit], KeyIndex | None, bool]:
+        """The job's ffmpeg runs, in time order, and the keyframe index if one was used."""
+        intra = valid.frame_type is FrameType.INTRA
+        first = 1 if first_override is not None and points else 0
+        rest = points[first:]
+        units: list[_Unit] = []
+        if first:
+            assert first_override is not None
+            units.append(_Unit(None, [first_override], [[0]]))
+        index = await self.engine.key_index(await new_handle(), version, info, self.timeout) if intra and rest else None
+        drop = False
+        if index:
+            drop = await self.engine.filters_input_packets(await new_handle())
+            # FrameType intra with the keyframe index: each point's keyframe is chosen from
+            # the index (domain.frames), and each chosen keyframe is decoded once.
+            serves: dict[float, list[int]] = {}
+            for i, p in enumerate(rest, start=first):
+                key = frames_rule.nearest_keyframe(index.times, p.time_ms / 1000)
+                if key is not None and not _too_far(key, p):
+                    serves.setdefault(key, []).append(i)
+            keys = sorted(serves)
+            xplan = extraction.plan_keyframes(
+                keys,
+                list(index.times),
+                only_chosen=drop,
+                frame_size=frame_size,
+                processes=self.engine.max_processes,
+                duration_s=info.duration_s,
+                budget_mb=self.engine.job_memory_mb,
+            )
+            for c in xplan.chunks:
+                wanted = [keys[k] for k in c.indexes]
+                units.append(_Unit(c.mode, wanted, [serves[k] for k in wanted]))
+        else:
+            gop_s = 0.0
+            if len(rest) > 2:
+                gop_s = await self.engine.keyframe_interval(await new_handle(), version, self.timeout)
+            xplan = extraction.plan_extraction(
+                [p.time_ms for p in rest],
+                gop_s=gop_s,
+                frame_size=frame_size,
+                processes=self.engine.max_processes,
+                dense_allowed=not intra or all(p.tolerance_ms is not None for p in rest),
+                budget_mb=self.engine.job_memory_mb,
+            )
+            for c in xplan.chunks:
+                idx = [i + first for i in c.indexes]
+                units.append(_Unit(c.mode, [points[i].time_ms / 1000 for i in idx], [[i] for i in idx]))
+        log.info("extraction plan: %s", xplan.reason)
+        return units, index, drop
+
     async def _frames(
         self,
         new_handle: Callable[[], Awaitable[InputHandle]],
@@ -205,67 +266,51 @@ class JobRunner:
     ) -> AsyncGenerator[tuple[planning.Point, Frame | None], None]:
         """Yield (point, frame, or None for a skipped intra point) in time order.
 
-        The extraction planner groups points into ffmpeg runs (seek batches or decode
-        passes); as many runs as the engine allows are in flight, and results are handed
-        out in order so images are numbered and published in time order.
+        The extraction planner groups points into ffmpeg runs (seek batches, decode passes,
+        keyframe passes); as many runs as the engine allows are in flight, and results are
+        handed out in order so images are numbered and published in time order.
         """
         width, height = size
         cells_only = valid.config.tile_out is not None and not validation.keeps_cell_pics(valid.config)
         intra = valid.frame_type is FrameType.INTRA
-        first = 1 if first_override is not None and points else 0
-        rest = points[first:]
-        gop_s = 0.0
-        if len(rest) > 2:
-            gop_s = await self.engine.keyframe_interval(await new_handle(), version, self.timeout)
-        xplan = extraction.plan_extraction(
-            [p.time_ms for p in rest],
-            gop_s=gop_s,
-            frame_size=info.output_size(width, height),
-            processes=self.engine.max_processes,
-            dense_allowed=not intra or all(p.tolerance_ms is not None for p in rest),
-        )
-        log.info("extraction plan: %s", xplan.reason)
-        chunks: list[tuple[extraction.Mode | None, list[int]]] = [(None, [0])] if first else []
-        chunks += [(c.mode, [i + first for i in c.indexes]) for c in xplan.chunks]
-
         enc = encodings.cells(valid, info, size) if cells_only else encodings.snapshots(valid, info)
+        units, index, drop = await self._units(
+            new_handle, version, info, valid, points, first_override, info.output_size(width, height)
+        )
+        t = self.timeout
 
-        async def run_chunk(number: int, mode: extraction.Mode | None, indexes: list[int]) -> list[Frame | None]:
+        async def run_unit(number: int, unit: _Unit) -> list[Frame | None]:
             folder = workdir / f"c{number:05d}"
             folder.mkdir()
-            wanted = [points[i] for i in indexes]
             handle = await new_handle()
-            times = [p.time_ms / 1000 for p in wanted]
-            t = self.timeout
+            times = unit.times
             results: list[Frame | None]
-            if mode is None:
-                assert first_override is not None
-                first_frame = await self.engine.snapshot(
-                    handle,
-                    info,
-                    time_s=first_override,
-                    frame_type=FrameType.NORMAL,
-                    enc=enc,
-                    workdir=folder,
-                    wall_seconds=t,
+            if unit.mode is None:
+                results = [None]  # the first image after black frames: taken on its own below
+            elif unit.mode is extraction.Mode.KEYPASS:
+                assert index is not None
+                results = await self.engine.keyframe_pass(
+                    handle, info, times, index, enc=enc, workdir=folder, wall_seconds=t, drop_others=drop
                 )
-                results = [first_frame]
-            elif mode is extraction.Mode.PASS:
-                tolerances = [None if p.tolerance_ms is None else p.tolerance_ms / 1000 for p in wanted]
+            elif unit.mode is extraction.Mode.PASS:
+                tolerances = [points[s[0]].tolerance_ms for s in unit.serves]
                 results = await self.engine.decode_pass(
                     handle,
                     info,
                     times,
                     intra=intra,
-                    tolerances_s=tolerances,
+                    tolerances_s=[None if x is None else x / 1000 for x in tolerances],
                     enc=enc,
                     workdir=folder,
                     wall_seconds=t,
                 )
             else:
+                # With the index, the times are keyframes: the frame shown at a keyframe's
+                # time is that keyframe, so an exact seek takes it.
                 results = await self.engine.seek_batch(
-                    handle, info, times, intra=intra, enc=enc, workdir=folder, wall_seconds=t
+                    handle, info, times, intra=intra and not index, enc=enc, workdir=folder, wall_seconds=t
                 )
+            single_type = FrameType.NORMAL if unit.mode is None else valid.frame_type
             for k, frame in enumerate(results):
                 if frame is None:  # not served exactly by the batch: take this point on its own
                     single = folder / f"s{k}"
@@ -275,43 +320,60 @@ class JobRunner:
                             handle,
                             info,
                             time_s=times[k],
-                            frame_type=valid.frame_type,
+                            frame_type=single_type,
                             enc=enc,
                             workdir=single,
-                            wall_seconds=self.timeout,
+                            wall_seconds=t,
+                            keys=index.times if index else None,
                         )
                     except PastTheEnd:
                         # The probe's duration can overstate the video (an estimate for files
                         # without an index): points after the last frame are left out.
                         results[k] = None
-            if intra and mode is not None:
-                for k, frame in enumerate(results):
-                    tolerance = wanted[k].tolerance_ms
-                    if (
-                        frame is not None
-                        and tolerance is not None
-                        and abs(frame.time_s * 1000 - wanted[k].time_ms) > tolerance + 0.001
-                    ):
-                        results[k] = None  # no keyframe within half a step of this point
             return results
 
+        def hand_out(unit: _Unit, results: list[Frame | None]) -> list[tuple[planning.Point, Frame | None]]:
+            out: list[tuple[planning.Point, Frame | None]] = []
+            for frame, served in zip(results, unit.serves, strict=True):
+                for i in served:
+                    if intra and unit.mode is not None and frame is not None and _too_far(frame.time_s, points[i]):
+                        out.append((points[i], None))  # no keyframe within half a step of this point
+                    else:
+                        out.append((points[i], frame))
+            return out
+
         window = max(1, self.engine.max_processes)
-        pending: deque[tuple[list[int], asyncio.Task[list[Frame | None]]]] = deque()
+        pending: deque[tuple[_Unit, asyncio.Task[list[Frame | None]]]] = deque()
         try:
-            for number, (mode, indexes) in enumerate(chunks):
-                pending.append((indexes, asyncio.create_task(run_chunk(number, mode, indexes))))
+            for number, unit in enumerate(units):
+                pending.append((unit, asyncio.create_task(run_unit(number, unit))))
                 if len(pending) > window:
-                    indexes_done, task = pending.popleft()
-                    for i, frame in zip(indexes_done, await task, strict=True):
-                        yield points[i], frame
+                    done, task = pending.popleft()
+                    for item in hand_out(done, await task):
+                        yield item
             while pending:
-                indexes_done, task = pending.popleft()
-                for i, frame in zip(indexes_done, await task, strict=True):
-                    yield points[i], frame
+                done, task = pending.popleft()
+                for item in hand_out(done, await task):
+                    yield item
         finally:
             for _, task in pending:
                 task.cancel()
             await asyncio.gather(*(t for _, t in pending), return_exceptions=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unit:
+    """One ffmpeg run of a job: how (None: the first image after black frames, on its own),
+    the times it captures, and for each time the points (indexes) its frame serves."""
+
+    mode: extraction.Mode | None
+    times: list[float]
+    serves: list[list[int]]
+
+
+def _too_far(time_s: float, point: planning.Point) -> bool:
+    """An intra frame further from its point than half a step (the point is then skipped)."""
+    return point.tolerance_ms is not None and abs(time_s * 1000 - point.time_ms) > point.tolerance_ms + 0.001
 
 
 class _Outputs:

@@ -4,6 +4,7 @@ every frame is still exactly the one shown at its time."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -21,7 +22,7 @@ from tests.test_async_jobs import submit_request
 def test_sparse_points_become_seek_batches_spread_over_the_cores() -> None:
     plan = plan_extraction([i * 6000.0 for i in range(100)], gop_s=2.0, frame_size=(1920, 1080), processes=2)
     assert plan.mode is Mode.SEEK
-    assert all(len(c.indexes) <= 8 for c in plan.chunks)
+    assert all(len(c.indexes) <= 3 for c in plan.chunks)
     assert [i for c in plan.chunks for i in c.indexes] == list(range(100))
     small = plan_extraction([0.0, 6000.0, 12000.0], gop_s=2.0, frame_size=(1920, 1080), processes=2)
     assert len(small.chunks) == 2  # both cores busy even for three points
@@ -46,10 +47,13 @@ def test_passes_stay_within_ffmpegs_expression_limit() -> None:
     assert [i for c in plan.chunks for i in c.indexes] == list(range(1000))
 
 
-def test_batch_size_follows_the_frame_size() -> None:
-    assert batch_size(1920, 1080) == 8
-    assert batch_size(3840, 2160) == 2
+def test_batch_size_keeps_a_job_within_its_memory_budget() -> None:
+    # 300 MB for the job's processes, two at once: 150 MB each, 43 MB of it the process itself.
+    assert batch_size(1920, 1080) == 3
+    assert batch_size(3840, 2160) == 1
     assert batch_size(320, 180) == 16
+    assert batch_size(1920, 1080, processes=1) == 8
+    assert batch_size(1920, 1080, budget_mb=600) == 8
 
 
 def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
@@ -181,3 +185,122 @@ async def test_a_dense_job_of_many_points_is_split_into_passes(
     for image in final.images[::37]:
         expected = index_at(video.path, image.requested_time / 1000)
         assert image.time == pytest.approx(expected * 40, abs=0.05)
+
+
+def test_key_index_is_the_flagged_packets_at_exact_times() -> None:
+    from server.media.probe import parse_key_index
+
+    csv = "1/15360\n0,-1024,K__\n512,-512,___\n30720,29696,K_\n-512,-1536,K_\nN/A,N/A,K_\n61440,N/A,K__\n"
+    # Times are pts x time base minus the presentation start; distinct and ascending.
+    index = parse_key_index(csv, 0.0)
+    assert index.times == (-512 / 15360, 0.0, 2.0, 4.0)
+    assert index.dts == {-512 / 15360: -1536, 0.0: -1024, 2.0: 29696}  # none known for 4.0
+    assert parse_key_index(csv, 2.0).times[1:] == (-2.0, 0.0, 2.0)
+    assert parse_key_index("0,0,K_\n", 0.0).times == ()  # no time base, no index
+
+
+def test_keyframe_plan_passes_dense_keyframes_and_seeks_sparse_ones() -> None:
+    from server.domain.extraction import plan_keyframes
+
+    index = [i * 2.0 for i in range(300)]
+    # Every keyframe wanted: keyframe-only passes, one per core, each within the expression limit.
+    every = plan_keyframes(index[:200], index, frame_size=(1920, 1080), processes=2, duration_s=600)
+    assert {c.mode for c in every.chunks} == {Mode.KEYPASS}
+    assert len(every.chunks) == 3 and max(len(c.indexes) for c in every.chunks) <= 90
+    assert [i for c in every.chunks for i in c.indexes] == list(range(200))
+    # One keyframe in three (6-s steps, 2-s GOP), 10-minute file: decoding all of them is cheaper
+    # than opening the input for each one.
+    third = plan_keyframes(index[::3], index, frame_size=(1920, 1080), processes=2, duration_s=600)
+    assert {c.mode for c in third.chunks} == {Mode.KEYPASS}
+    # A few keyframes far apart: seeks, batched within the memory budget.
+    sparse = plan_keyframes(index[::30], index, frame_size=(1920, 1080), processes=2, duration_s=600)
+    assert {c.mode for c in sparse.chunks} == {Mode.SEEK}
+    assert [i for c in sparse.chunks for i in c.indexes] == list(range(10))
+
+
+@pytest.mark.parametrize(("interval", "num", "mode"), [(1, 12, Mode.KEYPASS), (3, 4, Mode.KEYPASS), (2, 8, Mode.SEEK)])
+async def test_intra_jobs_take_each_chosen_keyframe_from_the_index(
+    client: SnapshotClient,
+    data_dir: Path,
+    bucket: str,
+    media_dir: Path,
+    interval: int,
+    num: int,
+    mode: Mode,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Keyframes every 37 frames at 25 fps (1.48 s, B-frames): each point gets the keyframe
+    nearest it, whether the planner passes over the keyframes or seeks to them, and the image
+    is that keyframe's picture."""
+    from server.domain import extraction
+    from tests.media import make_video
+
+    if mode is Mode.SEEK:  # keyframes made dear to decode (and none dropped): the planner seeks to each one
+        from server.media.engine import MediaEngine
+
+        async def no_input_filters(self: MediaEngine, handle: Any) -> bool:
+            return False
+
+        monkeypatch.setattr(extraction, "KEY_DECODE_MS", 1e9)
+        monkeypatch.setattr(MediaEngine, "filters_input_packets", no_input_filters)
+    plans: list[Mode] = []
+    real = extraction.plan_keyframes
+
+    def spy(*args: Any, **kwargs: Any) -> extraction.ExtractionPlan:
+        plan = real(*args, **kwargs)
+        plans.extend(c.mode for c in plan.chunks)
+        return plan
+
+    monkeypatch.setattr(extraction, "plan_keyframes", spy)
+
+    video = make_video(media_dir / "gop37.mp4", size="320x180", rate="25", seconds=16, gop=37)
+    put(data_dir, bucket, "in.mp4", video.path)
+    keys = [k * 37 for k in range(11)]  # frame numbers of the keyframes
+    job = (
+        await client.submit(
+            submit_request(
+                bucket, "in.mp4", out=f"i{interval}/{{Count}}.jpg", interval=interval, num=num, frame_type="intra"
+            )
+        )
+    ).snapshot_job
+    final = await client.wait(job.id, timeout=60)
+    assert final.state == "Success", final.message
+    taken = []
+    for image in final.images:
+        nearest = min(keys, key=lambda k: (abs(k / 25 - image.requested_time / 1000), k))
+        assert abs(nearest / 25 * 1000 - image.requested_time) <= interval * 500 + 0.001
+        assert image.time == pytest.approx(nearest * 40, abs=0.05)
+        img = Image.open(data_dir / bucket / image.object)
+        assert closest_frame(img, video.path, [nearest - 1, nearest, nearest + 1])[0] == nearest
+        taken.append(nearest)
+    # Every point within half a step of a keyframe got one, each keyframe once.
+    wanted = []
+    for n in range(num):
+        t = n * interval
+        k = min(keys, key=lambda k: (abs(k / 25 - t), k))
+        if abs(k / 25 - t) <= interval / 2 + 1e-6 and k not in wanted:
+            wanted.append(k)
+    assert taken == wanted
+    assert plans and set(plans) == {mode}
+
+
+def test_keyframe_pass_argv_picks_by_position_and_can_drop_other_keyframes(tmp_path: Path) -> None:
+    from server.media.argv import keypass_argv
+    from server.media.capture import major_version
+
+    src = Source("file:/data/b/v.mp4", ("file",))
+    argv = keypass_argv("ffmpeg", src, seek_s=6.0, picks=[0, 3], enc=Encoding(), outdir=tmp_path)
+    graph = argv[argv.index("-filter:v") + 1]
+    assert graph.startswith("select='eq(key,1)',showinfo@a0=checksum=0,select='eq(n,0)+eq(n,3)',")
+    assert argv[argv.index("-discard") + 1] == "nokey" and argv[argv.index("-frames:v") + 1] == "2"
+    assert "-bsf:v" not in argv
+    dropping = keypass_argv(
+        "ffmpeg", src, seek_s=6.0, picks=[0, 1], enc=Encoding(), outdir=tmp_path, keep_dts=[91136, 183296]
+    )
+    # An input option (before -i), built from the index's integers only.
+    bsf = dropping.index("-bsf:v")
+    assert bsf < dropping.index("-i")
+    assert dropping[bsf + 1] == "noise=drop='not(eq(dts\\,91136)+eq(dts\\,183296))'"
+    assert major_version("ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2026") == 5
+    assert major_version("ffmpeg version n9.0.2-17-g2a571b6068-20260930 Copyright") == 9
+    assert major_version("ffmpeg version N-112233-gabcdef") == 0

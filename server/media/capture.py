@@ -8,6 +8,9 @@ that point on its own, re-seeking or re-windowing until the decode proves its an
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from server.domain import frames
 from server.domain.errors import ResourceContentBad
 from server.media import argv, process, showinfo
 from server.media.argv import Encoding, ExactPoint, KeyPoint, Source
-from server.media.probe import MediaInfo, scrub
+from server.media.probe import KeyIndex, MediaInfo, scrub
 
 # The mov/mp4 demuxer's complaint when a sample's data lies past the end of the file.
 _PARTIAL = ": partial file"
@@ -80,15 +83,41 @@ def check_jpeg(path: Path, max_bytes: int, expected: str = "JPEG") -> tuple[int,
         ) from None
 
 
-async def run_ffmpeg(command: list[str], limits: process.Limits, cwd: Path) -> process.Result:
+#: FFmpeg 7+'s words when a run ended before any frame reached the encoder.
+_NO_FRAME = "Could not open encoder before EOF"
+#: What it logs first on the way there.
+_ENCODER_CHAIN = ("No filtered frames for output stream", "Non full-range YUV")
+#: A keyframe pass logs one line per keyframe in its range (up to a few hundred).
+_LONG_LOG = 1024 * 1024
+
+
+def _ended_without_frames(stderr: str) -> bool:
+    """The run failed only because no frame reached the encoder, with no error before that."""
+    if _NO_FRAME not in stderr:
+        return False
+    cut = min(i for m in (*_ENCODER_CHAIN, _NO_FRAME) if (i := stderr.find(m)) >= 0)
+    before = [ln for ln in stderr[:cut].splitlines() if "showinfo@" not in ln]
+    # A file cut short ("partial file") is judged from the log as well: it is reported as truncated.
+    return _PARTIAL in stderr[:cut] or not any(
+        word in ln for ln in before for word in ("rror", "nvalid", "exceeds", "not on whitelist")
+    )
+
+
+async def run_ffmpeg(
+    command: list[str], limits: process.Limits, cwd: Path, *, stderr_keep: int | None = None
+) -> process.Result:
     try:
-        result = await process.run(command, limits=limits, cwd=str(cwd))
+        result = await process.run(command, limits=limits, cwd=str(cwd), stderr_keep=stderr_keep)
     except process.ProcessTimeout:
         # A source that stalls or a file that decodes forever: the group is already killed.
         raise ResourceContentBad(
             f"Decoding the input took longer than {limits.wall_seconds:g} s and was stopped; "
             "the file may be damaged or unreadable."
         ) from None
+    if result.returncode != 0 and _ended_without_frames(result.stderr):
+        # No frame reached the encoder (the decode ended first): FFmpeg 7 and later then fail
+        # the run where 5.1 ends it quietly. Its log says what was decoded, as for any run.
+        return result
     if result.returncode != 0:
         lines = [ln for ln in result.stderr.splitlines() if ln.strip() and "showinfo@" not in ln]
         detail = scrub(lines[-1].rsplit(": ", 1)[-1])[:200] if lines else ""
@@ -189,8 +218,22 @@ async def capture_keyframe(
     workdir: Path,
     limits: process.Limits,
     max_bytes: int,
+    keys: Sequence[float] | None = None,
 ) -> Frame:
-    """The keyframe nearest ``time_s`` (ties go to the earlier one); past the end, the last."""
+    """The keyframe nearest ``time_s`` (ties go to the earlier one); past the end, the last.
+
+    With the input's keyframe index (``keys``) the keyframe is chosen from it and only that
+    keyframe is decoded: an exact capture at its time, which seeks straight to it. Without,
+    the decode finds it: the keyframe at or before T and the next one, the nearer kept."""
+    if keys:
+        chosen = frames.nearest_keyframe(keys, time_s)
+        assert chosen is not None
+        frame = await capture_exact(
+            ffmpeg_bin, src, info, time_s=chosen, enc=enc, workdir=workdir, limits=limits, max_bytes=max_bytes
+        )
+        if _same(frame.time_s, chosen):
+            return frame
+        # The decode disagrees with the index (a damaged or odd file): find it by decoding.
     seek = max(0.0, time_s - info.seek_lead_s)
     # Two keyframes (the one at or before T and the next) after an exact seek; more after a
     # seek that starts early on purpose.
@@ -270,6 +313,77 @@ async def seek_batch(
             out.append(Frame(path, run.decision.time_s, w, h))
         else:
             out.append(None)
+    return out
+
+
+def major_version(version_text: str) -> int:
+    """FFmpeg's major version from ``ffmpeg -version`` ("ffmpeg version 5.1.9-0+deb12u1",
+    "ffmpeg version n9.0.2-17-g2a571b6068"); 0 when it cannot tell (a git build)."""
+    match = re.search(r"ffmpeg version n?(\d+)\.", version_text)
+    return int(match.group(1)) if match else 0
+
+
+async def keyframe_pass(
+    ffmpeg_bin: str,
+    src: Source,
+    info: MediaInfo,
+    keys_s: Sequence[float],
+    index: KeyIndex,
+    *,
+    drop_others: bool,
+    enc: Encoding,
+    workdir: Path,
+    limits: process.Limits,
+    max_bytes: int,
+) -> list[Frame | None]:
+    """The keyframes at ``keys_s`` (ascending, each one of the index) from one keyframe-only
+    decode starting at the first of them; None for any keyframe the decode did not prove.
+
+    ``drop_others``: the other keyframe packets are dropped before the decoder (by their
+    decoding timestamps), so only these keyframes are decoded; otherwise every keyframe of the
+    range is decoded and the chosen ones kept. The decode's keyframes are matched to the index
+    by position (argv.keypass_argv says why); the match is proven when every keyframe decoded
+    lies within half the smallest keyframe interval of the index entry at its position, so
+    none was skipped or added."""
+    origin = info.start_time_s
+    first = bisect.bisect_left(index.times, keys_s[0] - frames.TOL)
+    keep_dts: list[int] | None = None
+    if drop_others and all(k in index.dts for k in keys_s):
+        ahead = list(keys_s)
+        keep_dts = [index.dts[k] for k in keys_s]
+    else:
+        ahead = list(index.times[first:])
+    position = {round(k * 1e6): n for n, k in enumerate(ahead)}
+    picks = [position.get(round(k * 1e6)) for k in keys_s]
+    wanted = [p for p in picks if p is not None]
+    if len(wanted) != len(keys_s) or not ahead:
+        return [None] * len(keys_s)
+    span = index.times[first : bisect.bisect_right(index.times, keys_s[-1] + frames.TOL)]
+    gaps = [b - a for a, b in itertools.pairwise(span)]
+    slack = min(gaps) / 2 if gaps else info.frame_duration_s
+    result = await run_ffmpeg(
+        argv.keypass_argv(ffmpeg_bin, src, seek_s=keys_s[0], picks=wanted, enc=enc, outdir=workdir, keep_dts=keep_dts),
+        limits,
+        workdir,
+        stderr_keep=_LONG_LOG,
+    )
+    logged = showinfo.frames_by_name(result.stderr)
+    decoded = [f.time_s - origin for f in logged.get("a0", [])]
+    written = len(logged.get("pass", []))
+    # Proven up to the first keyframe that is not where the index puts it.
+    proven = 0
+    for seen, expected in zip(decoded, ahead, strict=False):
+        if abs(seen - expected) >= slack:
+            break
+        proven += 1
+    out: list[Frame | None] = []
+    for n, (key, pick) in enumerate(zip(keys_s, wanted, strict=True)):
+        path = argv.pass_file(workdir, n)
+        if pick >= proven or n >= written or not path.exists():
+            out.append(None)
+            continue
+        w, h = check_jpeg(path, max_bytes)
+        out.append(Frame(path, key, w, h))
     return out
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
+import logging
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -25,6 +26,12 @@ from server.media.argv import Animation, Encoding, Source
 from server.media.capture import Frame
 from server.observability import Telemetry
 from server.storage.base import InputHandle
+
+log = logging.getLogger(__name__)
+
+#: The keyframe index is built only for inputs up to this long (an hour of 30 fps video is
+#: 108,000 packets, about 1.3 MB of ffprobe output; the demux reads the whole file).
+KEY_INDEX_MAX_S = 3600.0
 
 
 class Priority(enum.IntEnum):
@@ -105,13 +112,19 @@ class MediaEngine:
         max_duration_s: float,
         sync_reserved: int,
         telemetry: Telemetry | None = None,
+        job_memory_mb: float = 300.0,
+        local_ffmpeg: str | None = None,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
         self.ffmpeg = ffmpeg
+        #: The ffmpeg that decodes local files (settings.local_ffmpeg).
+        self.local_ffmpeg = local_ffmpeg or ffmpeg
         self.ffprobe = ffprobe
         # Absolute: ffmpeg runs with its work folder as cwd, so a relative data_dir would break paths.
         self.tmp_dir = tmp_dir
         self.max_processes = max_processes
+        #: What the ffmpeg processes of one job may use together (extraction.batch_size).
+        self.job_memory_mb = job_memory_mb
         self._slots = Slots(max_processes, sync_reserved)
         self.telemetry.metrics.ffmpeg_limit.set(max_processes)
         self._cpu = cpu_seconds
@@ -119,6 +132,11 @@ class MediaEngine:
         self._max_image_bytes = max_image_bytes
         self._probes: OrderedDict[Hashable, probe_mod.MediaInfo] = OrderedDict()
         self._gops: OrderedDict[Hashable, float] = OrderedDict()
+        self._keys: OrderedDict[Hashable, probe_mod.KeyIndex] = OrderedDict()
+        #: Per ffmpeg binary: whether it filters input packets (-bsf on an input, FFmpeg 7+).
+        self._filters_input: dict[str, bool] = {}
+        #: Background index builds in flight (a reference keeps each task alive).
+        self._building: dict[Hashable, asyncio.Task[None]] = {}
         self._probe_cap = probe_cache_entries
         #: What an input must satisfy at probe time (streams, pixels, duration).
         self.probe_limits = probe_mod.ProbeLimits(
@@ -165,7 +183,7 @@ class MediaEngine:
             self.running += 1
             self.peak_running = max(self.peak_running, self.running)
             metrics.ffmpeg_in_use.set(self.running)
-            program = "ffprobe" if kind in ("probe", "keyframes") else "ffmpeg"
+            program = "ffprobe" if kind in ("probe", "keyframes", "key_index") else "ffmpeg"
             try:
                 with (
                     self.telemetry.tracing.tracer.start_as_current_span(
@@ -227,6 +245,64 @@ class MediaEngine:
             self._gops.popitem(last=False)
         return gop
 
+    def _ffmpeg_for(self, handle: InputHandle) -> str:
+        # Bytes read over HTTP were measured with ``ffmpeg`` (docs/storage.md): remote inputs keep it.
+        return self.local_ffmpeg if handle.protocols == ("file",) else self.ffmpeg
+
+    def cached_key_index(self, cache_key: Hashable) -> probe_mod.KeyIndex | None:
+        """The keyframe index of an object version, if an earlier job built it."""
+        return self._keys.get(("index", cache_key))
+
+    async def key_index(
+        self, handle: InputHandle, cache_key: Hashable, info: probe_mod.MediaInfo, wall_seconds: float
+    ) -> probe_mod.KeyIndex | None:
+        """Every keyframe's time (seconds from the presentation start), cached per object
+        version; None where building it would cost more than it saves: inputs that are not
+        local files (the demuxer reads every packet, so the whole object would be downloaded)
+        and very long ones."""
+        key = ("index", cache_key)
+        cached = self._keys.get(key)
+        if cached is not None:
+            self._keys.move_to_end(key)
+            return cached
+        if handle.protocols != ("file",) or info.duration_s > KEY_INDEX_MAX_S:
+            return None
+        async with self._slot("key_index"), self.workdir("index") as folder:
+            keys = await probe_mod.probe_key_index(
+                self.ffprobe,
+                handle.url,
+                handle.protocols,
+                self.limits(wall_seconds),
+                info.start_time_s,
+                cwd=str(folder),
+            )
+        if not keys.times:
+            return None
+        self._keys[key] = keys
+        while len(self._keys) > self._probe_cap:
+            self._keys.popitem(last=False)
+        return keys
+
+    def key_index_later(
+        self, handle: InputHandle, cache_key: Hashable, info: probe_mod.MediaInfo, wall_seconds: float
+    ) -> None:
+        """Build the keyframe index in the background (as asynchronous work), so the next
+        intra snapshot of the same object version decodes only its keyframe; a synchronous
+        call never waits for it."""
+        key = ("index", cache_key)
+        if key in self._keys or key in self._building or handle.protocols != ("file",):
+            return
+
+        async def build() -> None:
+            try:
+                await self.key_index(handle, cache_key, info, wall_seconds)
+            except Exception as exc:  # an unreadable file is reported by the call that needs it
+                log.info("keyframe index not built: %s", exc)
+            finally:
+                self._building.pop(key, None)
+
+        self._building[key] = asyncio.get_running_loop().create_task(build())
+
     async def snapshot(
         self,
         handle: InputHandle,
@@ -238,17 +314,33 @@ class MediaEngine:
         workdir: Path,
         wall_seconds: float,
         priority: Priority = Priority.ASYNC,
+        keys: tuple[float, ...] | None = None,
     ) -> Frame:
-        take = capture.capture_keyframe if frame_type is FrameType.INTRA else capture.capture_exact
+        """One frame. ``keys``: the input's keyframe index, when known; an intra snapshot then
+        decodes only the chosen keyframe."""
+        src = Source(handle.url, handle.protocols)
+        limits = self.limits(wall_seconds)
         async with self._slot("snapshot", priority):
-            return await take(
-                self.ffmpeg,
-                Source(handle.url, handle.protocols),
+            if frame_type is FrameType.INTRA:
+                return await capture.capture_keyframe(
+                    self._ffmpeg_for(handle),
+                    src,
+                    info,
+                    time_s=time_s,
+                    enc=enc,
+                    workdir=workdir,
+                    limits=limits,
+                    max_bytes=self._max_image_bytes,
+                    keys=keys,
+                )
+            return await capture.capture_exact(
+                self._ffmpeg_for(handle),
+                src,
                 info,
                 time_s=time_s,
                 enc=enc,
                 workdir=workdir,
-                limits=self.limits(wall_seconds),
+                limits=limits,
                 max_bytes=self._max_image_bytes,
             )
 
@@ -264,7 +356,7 @@ class MediaEngine:
     ) -> float | None:
         async with self._slot("black"):
             return await capture.first_non_black(
-                self.ffmpeg,
+                self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),
                 window_s=window_s,
                 level=level,
@@ -286,11 +378,51 @@ class MediaEngine:
     ) -> list[Frame | None]:
         async with self._slot("seek_batch"):
             return await capture.seek_batch(
-                self.ffmpeg,
+                self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),
                 info,
                 times_s,
                 intra=intra,
+                enc=enc,
+                workdir=workdir,
+                limits=self.limits(wall_seconds),
+                max_bytes=self._max_image_bytes,
+            )
+
+    async def filters_input_packets(self, handle: InputHandle) -> bool:
+        """Whether the ffmpeg for ``handle`` takes ``-bsf`` on an input (FFmpeg 7 and later):
+        a keyframe pass can then decode only the chosen keyframes. Asked once per binary."""
+        binary = self._ffmpeg_for(handle)
+        known = self._filters_input.get(binary)
+        if known is None:
+            async with self._slot("version"), self.workdir("version") as folder:
+                result = await process.run(
+                    [binary, "-hide_banner", "-version"], limits=self.limits(30), cwd=str(folder)
+                )
+            known = capture.major_version(result.stdout.decode(errors="replace")) >= 7
+            self._filters_input[binary] = known
+        return known
+
+    async def keyframe_pass(
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        keys_s: list[float],
+        index: probe_mod.KeyIndex,
+        *,
+        enc: Encoding,
+        workdir: Path,
+        wall_seconds: float,
+        drop_others: bool,
+    ) -> list[Frame | None]:
+        async with self._slot("keyframe_pass"):
+            return await capture.keyframe_pass(
+                self._ffmpeg_for(handle),
+                Source(handle.url, handle.protocols),
+                info,
+                keys_s,
+                index,
+                drop_others=drop_others,
                 enc=enc,
                 workdir=workdir,
                 limits=self.limits(wall_seconds),
@@ -311,7 +443,7 @@ class MediaEngine:
     ) -> list[Frame | None]:
         async with self._slot("decode_pass"):
             return await capture.decode_pass(
-                self.ffmpeg,
+                self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),
                 info,
                 times_s,
@@ -329,7 +461,7 @@ class MediaEngine:
         """An animated preview (beyond MPS), bounded by ``max_bytes`` and the image limit."""
         async with self._slot("animate"):
             return await animate.render(
-                self.ffmpeg,
+                self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),
                 anim,
                 workdir=workdir,
@@ -356,7 +488,7 @@ class MediaEngine:
         src = Source(handle.url, handle.protocols)
         async with self._slot("measure", priority):
             measures = await picks.measure(
-                self.ffmpeg,
+                self._ffmpeg_for(handle),
                 src,
                 info,
                 time_s=time_s,

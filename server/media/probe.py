@@ -18,7 +18,7 @@ from typing import Any
 
 from server.domain.errors import ResourceContentBad
 from server.media import process
-from server.media.argv import keyframes_argv, packets_argv, probe_argv
+from server.media.argv import key_index_argv, keyframes_argv, packets_argv, probe_argv
 from server.media.hardening import MAX_PIXELS
 
 
@@ -299,6 +299,51 @@ async def probe_keyframes(
     if result.returncode != 0:
         raise ResourceContentBad(f"The input is not a readable video: {_first_error(result.stderr)}.")
     return keyframe_interval(result.stdout.decode(errors="replace"))
+
+
+@dataclass(frozen=True)
+class KeyIndex:
+    """The keyframes of the video stream: their times (seconds from the presentation start,
+    ascending, distinct) and, per time, the packet's decoding timestamp (the stream's time base)."""
+
+    times: tuple[float, ...]
+    dts: dict[float, int]
+
+
+def parse_key_index(csv: str, origin_s: float) -> KeyIndex:
+    """The keyframe index from ffprobe's ``packet=pts,dts,flags:stream=time_base`` CSV: the
+    packets the container flags as keyframes. Times are the integer pts times the exact time
+    base, as showinfo computes them, so a keyframe's time here equals the time a decode logs
+    for it."""
+    base: Fraction | None = None
+    found: dict[int, int | None] = {}
+    for line in csv.splitlines():
+        text = line.strip()
+        if "," not in text:
+            if "/" in text and (tb := _fraction(text)) > 0:
+                base = tb
+            continue
+        parts = text.split(",")
+        value, flags = parts[0], parts[-1]
+        dts = parts[1] if len(parts) > 2 and parts[1].lstrip("-").isdigit() else None
+        if "K" in flags and value.lstrip("-").isdigit():
+            found.setdefault(int(value), None if dts is None else int(dts))
+    if base is None:
+        return KeyIndex((), {})
+    times = {p * base.numerator / base.denominator - origin_s: d for p, d in found.items()}
+    return KeyIndex(tuple(sorted(times)), {t: d for t, d in times.items() if d is not None})
+
+
+async def probe_key_index(
+    ffprobe: str, url: str, protocols: tuple[str, ...], limits: process.Limits, origin_s: float, *, cwd: str | None
+) -> KeyIndex:
+    try:
+        result = await process.run(key_index_argv(ffprobe, url, protocols), limits=limits, cwd=cwd)
+    except process.ProcessTimeout:
+        raise ResourceContentBad(f"Reading the input's keyframes took longer than {limits.wall_seconds:g} s.") from None
+    if result.returncode != 0:
+        raise ResourceContentBad(f"The input is not a readable video: {_first_error(result.stderr)}.")
+    return parse_key_index(result.stdout.decode(errors="replace"), origin_s)
 
 
 # "[hls @ 0x55d0c5a1] Format not on whitelist '...'": the demuxer's name is a fixed word.

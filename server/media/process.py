@@ -91,8 +91,9 @@ async def _read_capped(stream: asyncio.StreamReader, cap: int, keep_tail: bool) 
     return bytes(head + (b"\n...\n" + tail if tail else b""))
 
 
-async def run(argv: Sequence[str], *, limits: Limits, cwd: str | None = None) -> Result:
-    """Run ``argv`` to completion within ``limits``; kill its process group otherwise."""
+async def run(argv: Sequence[str], *, limits: Limits, cwd: str | None = None, stderr_keep: int | None = None) -> Result:
+    """Run ``argv`` to completion within ``limits``; kill its process group otherwise.
+    ``stderr_keep``: bytes of the log kept at its head and at its tail (64 KiB each unless set)."""
     proc = await asyncio.create_subprocess_exec(
         *_wrapper(limits),
         *argv,
@@ -106,7 +107,7 @@ async def run(argv: Sequence[str], *, limits: Limits, cwd: str | None = None) ->
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(
         _read_capped(proc.stdout, _STDOUT_MAX, keep_tail=False),
-        _read_capped(proc.stderr, _STDERR_KEEP, keep_tail=True),
+        _read_capped(proc.stderr, stderr_keep or _STDERR_KEEP, keep_tail=True),
     )
     try:
         async with asyncio.timeout(limits.wall_seconds):
