@@ -45,6 +45,27 @@ def slow_video(media_dir: Path) -> Video:
 
 
 @pytest.fixture(scope="session")
+def heavy(media_dir: Path) -> Path:
+    """Six seconds of noisy 720p in one GOP: a frame near the end costs ~180 costly decoded frames."""
+    out = media_dir / "heavy.mp4"
+    if not out.exists():
+        from tests.media import ffmpeg
+
+        ffmpeg(
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=1280x720:rate=30,noise=alls=30:allf=t",
+            "-t",
+            "6",
+            *("-c:v", "libx264", "-preset", "ultrafast", "-crf", "24", "-g", "180", "-keyint_min", "180"),
+            *("-pix_fmt", "yuv420p"),
+            str(out),
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
 def black_start(media_dir: Path) -> Path:
     """Two seconds of black, then picture: for the black-frame filter."""
     from tests.media import ffmpeg

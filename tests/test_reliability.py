@@ -499,16 +499,14 @@ async def test_a_storage_outage_mid_job_is_retried_not_bad_content(tmp_path: Pat
 # 6. SIGTERM: NOT_SERVING first, and a sync snapshot cut off is recorded.
 
 
-async def test_sigterm_reports_not_serving_first_and_records_a_cut_off_snapshot(
-    tmp_path: Path, slow_video: Video
-) -> None:
-    put(tmp_path, "term", "slow.mp4", slow_video.path)
+async def test_sigterm_reports_not_serving_first_and_records_a_cut_off_snapshot(tmp_path: Path, heavy: Path) -> None:
+    put(tmp_path, "term", "slow.mp4", heavy)
     server = ServerProcess(tmp_path, shutdown_notice_s="0.6", shutdown_grace_s="0", sync_timeout_s="60")
     port = await server.start()
     try:
         async with SnapshotClient(f"127.0.0.1:{port}", timeout=60) as c:
-            # An exact frame 9.9 s into a 10-s GOP of 720p: over a second of decoding.
-            sync = asyncio.create_task(c.submit(request("term", "slow.mp4", "term", "sync.jpg", time=29_900)))
+            # An exact frame at the end of a 6-s GOP of noisy 720p: seconds of decoding.
+            sync = asyncio.create_task(c.submit(request("term", "slow.mp4", "term", "sync.jpg", time=5_900)))
             await asyncio.sleep(0.3)
             assert server.proc is not None
             server.proc.send_signal(signal.SIGTERM)

@@ -6,33 +6,12 @@ import asyncio
 import time
 from pathlib import Path
 
-import pytest
-
 from client import MpsApiError, SnapshotClient
 from client.api import resources_pb2 as res
 from server.app import App
 from tests.conftest import put
-from tests.media import Video, ffmpeg
+from tests.media import Video
 from tests.test_async_jobs import submit_request
-
-
-@pytest.fixture(scope="module")
-def heavy(media_dir: Path) -> Path:
-    """Six seconds of noisy 720p in one GOP: a frame near the end costs ~180 costly decoded frames."""
-    out = media_dir / "heavy.mp4"
-    if not out.exists():
-        ffmpeg(
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=1280x720:rate=30,noise=alls=30:allf=t",
-            "-t",
-            "6",
-            *("-c:v", "libx264", "-preset", "ultrafast", "-crf", "24", "-g", "180", "-keyint_min", "180"),
-            *("-pix_fmt", "yuv420p"),
-            str(out),
-        )
-    return out
 
 
 async def test_sync_snapshot_succeeds_while_async_batches_hold_every_slot(

@@ -65,7 +65,7 @@ IGNORED_PARAMETERS = mps_json.COMMON_PARAMETERS | {"SignatureType"}
 _MPS_EXTEND_KEYS = frozenset({"IsBoostNew", "MaxMultiSpeed", "MultiSpeedDowngradePolicy"})
 _OUR_EXTEND_KEYS = frozenset({"MaxConcurrentJobs", "QueueCapacity"})
 #: Where a signed request keeps (AccessKeyId, nonce) until it is admitted and the nonce used up.
-_NONCE = "mps.nonce"
+_NONCE = web.RequestKey("mps.nonce", tuple[str, str])
 
 
 @dataclass(frozen=True)
