@@ -356,13 +356,14 @@ class JobService:
         key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
         validation.check_not_input(valid, out.bucket, key, "snapshot_config.output_file.object")
         keys = self.engine.cached_key_index(version)
+        enc = encodings.snapshots(valid, info)
         async with self.engine.workdir(job.id) as workdir:
             frame = await self.engine.snapshot(
                 handle,
                 info,
                 time_s=time_ms / 1000,
                 frame_type=valid.frame_type,
-                enc=encodings.snapshots(valid, info),
+                enc=enc,
                 workdir=workdir,
                 wall_seconds=limit,
                 priority=Priority.SYNC,
@@ -378,7 +379,7 @@ class JobService:
                     frame,
                     time_s=time_ms / 1000,
                     smart=config.smart_pick,
-                    enc=encodings.snapshots(valid, info),
+                    enc=enc,
                     workdir=workdir,
                     wall_seconds=limit,
                     priority=Priority.SYNC,

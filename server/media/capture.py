@@ -156,6 +156,15 @@ def _key_outcome(
     return frames.decide_keyframe(sorted(keys), time_s, seek_s=point.seek_s, complete=complete), keys
 
 
+def _exact_point(time_s: float, info: MediaInfo) -> ExactPoint:
+    """The first run for the frame shown at ``time_s``: seek (early for index-less MPEG
+    streams) and the window ending at T, on the file's own clock."""
+    origin = info.start_time_s
+    start, end = frames.exact_window(time_s, info.frame_duration_s, variable_rate=info.variable_rate)
+    seek = max(0.0, time_s - info.seek_lead_s)
+    return ExactPoint(seek_s=seek, window=(origin + start, origin + end), tick_s=info.tick_s)
+
+
 def _same(a: float | None, b: float) -> bool:
     return a is not None and abs(a - b) < frames.TOL
 
@@ -173,9 +182,7 @@ async def capture_exact(
 ) -> Frame:
     """The frame shown at ``time_s`` (domain.frames), proven by the decode's own log."""
     origin = info.start_time_s
-    start, end = frames.exact_window(time_s, info.frame_duration_s, variable_rate=info.variable_rate)
-    seek = max(0.0, time_s - info.seek_lead_s)
-    point = ExactPoint(seek_s=seek, window=(origin + start, origin + end), tick_s=info.tick_s)
+    point = _exact_point(time_s, info)
     out = argv.exact_file(workdir, 0)
     for _ in range(_MAX_RUNS):
         out.unlink(missing_ok=True)
@@ -283,15 +290,13 @@ async def seek_batch(
 ) -> list[Frame | None]:
     """Several points in one process, one input each; None for a point the batch could not
     prove (the caller takes it on its own)."""
-    origin = info.start_time_s
     points: list[ExactPoint | KeyPoint] = []
     for t in times_s:
-        seek = max(0.0, t - info.seek_lead_s)
         if intra:
+            seek = max(0.0, t - info.seek_lead_s)
             points.append(KeyPoint(seek_s=seek, count=2 if seek == t else 4))
         else:
-            start, end = frames.exact_window(t, info.frame_duration_s, variable_rate=info.variable_rate)
-            points.append(ExactPoint(seek_s=seek, window=(origin + start, origin + end), tick_s=info.tick_s))
+            points.append(_exact_point(t, info))
     result = await run_ffmpeg(argv.capture_argv(ffmpeg_bin, src, points, enc, workdir, threads=1), limits, workdir)
     logged = showinfo.frames_by_name(result.stderr)
     out: list[Frame | None] = []
