@@ -38,7 +38,7 @@ from bench.harness import (
     session,
     speedup_row,
 )
-from client import MpsApiError, SnapshotClient
+from mps_snapshot_client import MpsApiError, SnapshotClient
 
 MODULE = "bench_concurrency.py"
 CALLERS = 8

@@ -647,7 +647,7 @@ async def bench_memory(suite: Suite) -> None:
             "",
             "Why the job fails with the server's defaults: the plan is a decode pass cut into one chunk per core, "
             f"{-(-n // 2)} points each, and a chunk selects its frames with one `between(t,a,b)` term per point "
-            "joined by `+` (server/media/argv.py `_select`). ffmpeg 5.1's expression parser refuses a sum of more "
+            "joined by `+` (media/argv.py `_select`). ffmpeg 5.1's expression parser refuses a sum of more "
             "than 100 terms with `Cannot allocate memory` (checked by hand: 100 terms pass, 101 fail; a balanced "
             "tree of `+`, `(a+b)+(c+d)`, passes with 1000). So every dense job (points closer than the GOP) with "
             "more than about 200 points fails, e.g. Interval 1 on a 10-minute file. "

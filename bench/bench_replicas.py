@@ -41,12 +41,20 @@ import asyncpg
 import boto3
 from botocore.config import Config
 
-from client import SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.domain.models import Job, JobState, NotifyConfig, ObjectRef, Pipeline, PipelineState, SnapshotRequest
-from server.store.leases import current_lease
-from server.store.postgres import PostgresStore
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.domain.models import (
+    Job,
+    JobState,
+    NotifyConfig,
+    ObjectRef,
+    Pipeline,
+    PipelineState,
+    SnapshotRequest,
+)
+from mps_snapshot_server.store.leases import current_lease
+from mps_snapshot_server.store.postgres import PostgresStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"
@@ -120,7 +128,13 @@ class Replica:
             "MPS_SNAPSHOT_LISTEN": "127.0.0.1:0",
         }
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", cwd=ROOT, env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True
+            sys.executable,
+            "-m",
+            "mps_snapshot_server",
+            cwd=ROOT,
+            env=env,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         assert self.proc.stderr is not None
         async with asyncio.timeout(60):

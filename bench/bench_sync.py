@@ -39,7 +39,7 @@ from pathlib import Path
 from grpc import aio  # type: ignore[import-untyped, unused-ignore]
 
 from bench import media
-from client._client import SnapshotClient
+from mps_snapshot_client._client import SnapshotClient
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "performance.md"

@@ -5,12 +5,12 @@
 For each case of bench.bench_sync it times, interleaved, round by round:
 
   baseline      the bare ffmpeg command of bench.bench_sync
-  server argv   the exact ffmpeg argv the server builds (server.media.argv.capture_argv with
+  server argv   the exact ffmpeg argv the server builds (mps_snapshot_server.media.argv.capture_argv with
                 an ExactPoint or KeyPoint: hardening options, -copyts, showinfo/trim/scale/setsar/
                 showinfo, -q:v 2, and for FrameType normal a seek to T keeping the window of one
                 frame interval ending at T), run bare
   argv @T       (normal only) the same argv keeping frames from T on instead
-  + wrapper     the server argv under the setpriv/prlimit wrapper the server adds (server.media.process)
+  + wrapper     the server argv under the setpriv/prlimit wrapper the server adds (mps_snapshot_server.media.process)
   gRPC call     one SnapshotClient.snapshot against bench.traced_server, with the server-side
                 steps timed: the ffmpeg process, publishing the JPEG, the SQLite commit, the rest
 
@@ -38,11 +38,11 @@ from grpc import aio  # type: ignore[import-untyped, unused-ignore]
 
 from bench import bench_sync as bs
 from bench import media
-from client._client import SnapshotClient
-from server.domain import frames
-from server.media import process
-from server.media.argv import Encoding, ExactPoint, KeyPoint, Source, capture_argv, probe_argv
-from server.media.probe import MediaInfo, probe
+from mps_snapshot_client._client import SnapshotClient
+from mps_snapshot_server.domain import frames
+from mps_snapshot_server.media import process
+from mps_snapshot_server.media.argv import Encoding, ExactPoint, KeyPoint, Source, capture_argv, probe_argv
+from mps_snapshot_server.media.probe import MediaInfo, probe
 
 SECTION = "sync-breakdown"
 LIMITS = process.Limits(wall_seconds=bs.CALL_TIMEOUT_S)
@@ -85,7 +85,7 @@ def server_argvs(case: bs.Case, src: Source, info: MediaInfo, work: Path) -> dic
         return {"server argv": argv, "+ wrapper": [*process._wrapper(LIMITS), *argv]}
     origin = info.start_time_s
     start, end = frames.exact_window(case.time_s, info.frame_duration_s, variable_rate=info.variable_rate)
-    # as server.media.capture.capture_exact: seek to T, keep the window ending at T
+    # as mps_snapshot_server.media.capture.capture_exact: seek to T, keep the window ending at T
     argv = capture_argv(bs.FFMPEG, src, [ExactPoint(case.time_s, (origin + start, origin + end))], Encoding(), work)
     at_t = capture_argv(
         bs.FFMPEG, src, [ExactPoint(case.time_s, (origin + case.time_s, origin + end + 1))], Encoding(), work

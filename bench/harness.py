@@ -33,8 +33,8 @@ from typing import Any
 from grpc import aio  # type: ignore[import-untyped, unused-ignore]
 
 from bench import bench_sync as bs
-from client._client import SnapshotClient
-from client.api import resources_pb2 as res
+from mps_snapshot_client._client import SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: A round during which other work used more than this many cores on average is run again.

@@ -52,10 +52,10 @@ def _timed(
 
 
 def install() -> None:
-    from server import jobs
-    from server.media import process
-    from server.storage.local import LocalStore
-    from server.store.sqlite import SqliteStore
+    from mps_snapshot_server.media import process
+    from mps_snapshot_server.service import jobs
+    from mps_snapshot_server.storage.local import LocalStore
+    from mps_snapshot_server.store.sqlite import SqliteStore
 
     targets: list[tuple[object, str, str, Callable[..., str] | None]] = [
         (process, "run", "run", lambda argv, **_: Path(str(argv[0])).name),
@@ -71,7 +71,7 @@ def install() -> None:
 
 def main() -> int:
     install()
-    from client.cli import main as cli_main
+    from mps_snapshot_server.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
 

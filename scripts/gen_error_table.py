@@ -1,4 +1,4 @@
-"""Rewrite the code -> status table in docs/errors.md from server/rpc/errors.py.
+"""Rewrite the code -> status table in docs/errors.md from server/mps_snapshot_server/rpc/errors.py.
 
 python scripts/gen_error_table.py          # rewrite
 (tests/test_units.py fails when the page and the table differ)
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.rpc.errors import ERROR_TABLE, http_status_for  # noqa: E402
+from mps_snapshot_server.rpc.errors import ERROR_TABLE, http_status_for  # noqa: E402
 
 HEADER = "| MPS code | gRPC status | HTTP status | When |\n|---|---|---|---|\n"
 

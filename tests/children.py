@@ -37,7 +37,7 @@ async def run_child(args: list[str], env: dict[str, str], timeout: float) -> tup
 
 
 class ServerProcess:
-    """``python -m server`` in its own session, on a port the OS picks (read from its log);
+    """``python -m mps_snapshot_server`` in its own session, on a port the OS picks (read from its log);
     ``settings`` become MPS_SNAPSHOT_* variables, ``args`` command-line flags."""
 
     def __init__(self, data_dir: Path, *args: str, **settings: str) -> None:
@@ -58,7 +58,7 @@ class ServerProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "server",
+            "mps_snapshot_server",
             *self.args,
             env=env,
             stderr=asyncio.subprocess.PIPE,

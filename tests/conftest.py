@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from client import SnapshotClient
-from server.app import App
-from server.config import load
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import load
 from tests.media import Video, make_video
 
 

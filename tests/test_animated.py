@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from client import MpsApiError, SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
 from tests.conftest import put
 from tests.media import Video, mean_diff, reference_frame
 from tests.test_async_jobs import events_until_done, submit_request

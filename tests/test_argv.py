@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from server.domain.errors import InvalidParameter
-from server.media import process
-from server.media.argv import (
+from mps_snapshot_server.domain.errors import InvalidParameter
+from mps_snapshot_server.media import process
+from mps_snapshot_server.media.argv import (
     Encoding,
     ExactPoint,
     KeyPoint,
@@ -30,7 +30,7 @@ from server.media.argv import (
     pass_argv,
     probe_argv,
 )
-from server.media.hardening import (
+from mps_snapshot_server.media.hardening import (
     AUDIO_DECODERS,
     FORMAT_WHITELIST,
     MAX_PIXELS,
@@ -38,8 +38,8 @@ from server.media.hardening import (
     SUBTITLE_DECODERS,
     VIDEO_DECODERS,
 )
-from server.media.probe import probe
-from server.storage.local import LocalStore
+from mps_snapshot_server.media.probe import probe
+from mps_snapshot_server.storage.local import LocalStore
 from tests.media import make_video
 
 # Demuxers that open other files or URLs, read image sequences, or take any bytes as a picture.

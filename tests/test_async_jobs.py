@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from PIL import Image, ImageStat
 
-from client import IncorrectStateError, MpsApiError, SnapshotClient, ThrottlingError
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.app import App
-from server.config import load
+from mps_snapshot_client import IncorrectStateError, MpsApiError, SnapshotClient, ThrottlingError
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import load
 from tests.conftest import put
 from tests.media import Video, closest_frame, index_at
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from client import SnapshotClient
-from server.app import App
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_server.app import App
 from tests.children import ROOT, run_child
 from tests.conftest import put
 from tests.media import Video
@@ -88,7 +88,7 @@ def request_file(tmp_path: Path, bucket: str) -> Path:
 
 
 def cli(app: App, *args: str) -> list[str]:
-    return [sys.executable, "-m", "client", *args, "--target", f"127.0.0.1:{app.port}"]
+    return [sys.executable, "-m", "mps_snapshot_client", *args, "--target", f"127.0.0.1:{app.port}"]
 
 
 async def test_submit_wait_draws_a_bar_on_a_terminal(
@@ -140,14 +140,16 @@ async def test_put_of_a_large_file_shows_bytes_copied(tmp_path: Path) -> None:
     await asyncio.to_thread(_sparse, source, size)
     data = tmp_path / "data"
     code, out = await run_in_pty(
-        [sys.executable, "-m", "client", "put", str(source), "bulk/big.bin", "--data-dir", str(data)]
+        [sys.executable, "-m", "mps_snapshot_server.cli", "put", str(source), "bulk/big.bin", "--data-dir", str(data)]
     )
     assert code == 0, out
     plain = ANSI.sub("", out)
     assert re.search(r"21\.0/21\.0 MB", plain), plain
     assert (data / "bulk" / "big.bin").stat().st_size == size
     code, out = await run_child(
-        [sys.executable, "-m", "client", "put", str(source), "bulk/big2.bin", "--data-dir", str(data)], _env(), 60
+        [sys.executable, "-m", "mps_snapshot_server.cli", "put", str(source), "bulk/big2.bin", "--data-dir", str(data)],
+        _env(),
+        60,
     )
     assert code == 0 and f"copied {size} of {size} bytes in" in out, out
     assert (data / "bulk" / "big2.bin").stat().st_size == size

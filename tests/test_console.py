@@ -17,12 +17,12 @@ import pytest
 import pytest_asyncio
 from PIL import Image, ImageChops, ImageStat
 
-from client import SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from client.auth import derive_key
-from server.app import App
-from server.config import PrincipalConfig, StatementConfig, load
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_client.auth import derive_key
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import PrincipalConfig, StatementConfig, load
 from tests.cdp import browser
 from tests.conftest import put
 from tests.media import Video
@@ -107,9 +107,9 @@ async def test_jobs_and_pipelines_pages(console: Console, tmp_path: Path) -> Non
 
 
 async def test_jobs_list_is_paged(console: Console, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import server.console
+    from mps_snapshot_server import console as console_module
 
-    monkeypatch.setattr(server.console, "PAGE_SIZE", 1)
+    monkeypatch.setattr(console_module, "PAGE_SIZE", 1)
     seen = []
     async with browser(tmp_path / "profile") as page:
         await page.navigate(console.base + "/console/jobs")

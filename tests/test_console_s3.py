@@ -12,11 +12,11 @@ import aioboto3
 import pytest
 import pytest_asyncio
 
-from client import SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.app import App
-from server.config import StorageRoute, load
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import StorageRoute, load
 from tests.cdp import browser
 from tests.media import Video
 from tests.s3util import MotoServer

@@ -7,8 +7,8 @@ import asyncio
 import signal
 from pathlib import Path
 
-from client import SnapshotClient
-from client.api import snapshot_service_pb2 as sps
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
 from tests.children import ServerProcess
 from tests.conftest import put
 from tests.media import Video

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from client import SnapshotClient
-from client.api import resources_pb2 as res
-from server.domain.extraction import Mode, batch_size, plan_extraction
-from server.media import showinfo
-from server.media.argv import Encoding, ExactPoint, Source, capture_argv, pass_argv
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_server.domain.extraction import Mode, batch_size, plan_extraction
+from mps_snapshot_server.media import showinfo
+from mps_snapshot_server.media.argv import Encoding, ExactPoint, Source, capture_argv, pass_argv
 from tests.conftest import put
 from tests.media import Video, closest_frame, index_at
 from tests.test_async_jobs import submit_request
@@ -124,7 +124,7 @@ async def test_sparse_sequence_in_seek_batches_stays_exact(
 
 
 def test_keyframe_interval_estimate() -> None:
-    from server.media.probe import keyframe_interval
+    from mps_snapshot_server.media.probe import keyframe_interval
 
     assert keyframe_interval("0.000000,K_\n0.033,__\n2.000000,K_\n4.000000,K_\n") == 2.0
     assert keyframe_interval("0.0,K_\n" + "".join(f"{i / 30:.6f},__\n" for i in range(1, 200))) == pytest.approx(
@@ -188,7 +188,7 @@ async def test_a_dense_job_of_many_points_is_split_into_passes(
 
 
 def test_key_index_is_the_flagged_packets_at_exact_times() -> None:
-    from server.media.probe import parse_key_index
+    from mps_snapshot_server.media.probe import parse_key_index
 
     csv = "1/15360\n0,-1024,K__\n512,-512,___\n30720,29696,K_\n-512,-1536,K_\nN/A,N/A,K_\n61440,N/A,K__\n"
     # Times are pts x time base minus the presentation start; distinct and ascending.
@@ -200,7 +200,7 @@ def test_key_index_is_the_flagged_packets_at_exact_times() -> None:
 
 
 def test_keyframe_plan_passes_dense_keyframes_and_seeks_sparse_ones() -> None:
-    from server.domain.extraction import plan_keyframes
+    from mps_snapshot_server.domain.extraction import plan_keyframes
 
     index = [i * 2.0 for i in range(300)]
     # Every keyframe wanted: keyframe-only passes, one per core, each within the expression limit.
@@ -232,11 +232,11 @@ async def test_intra_jobs_take_each_chosen_keyframe_from_the_index(
     """Keyframes every 37 frames at 25 fps (1.48 s, B-frames): each point gets the keyframe
     nearest it, whether the planner passes over the keyframes or seeks to them, and the image
     is that keyframe's picture."""
-    from server.domain import extraction
+    from mps_snapshot_server.domain import extraction
     from tests.media import make_video
 
     if mode is Mode.SEEK:  # keyframes made dear to decode (and none dropped): the planner seeks to each one
-        from server.media.engine import MediaEngine
+        from mps_snapshot_server.media.engine import MediaEngine
 
         async def no_input_filters(self: MediaEngine, handle: Any) -> bool:
             return False
@@ -285,8 +285,8 @@ async def test_intra_jobs_take_each_chosen_keyframe_from_the_index(
 
 
 def test_keyframe_pass_argv_picks_by_position_and_can_drop_other_keyframes(tmp_path: Path) -> None:
-    from server.media.argv import keypass_argv
-    from server.media.capture import major_version
+    from mps_snapshot_server.media.argv import keypass_argv
+    from mps_snapshot_server.media.capture import major_version
 
     src = Source("file:/data/b/v.mp4", ("file",))
     argv = keypass_argv("ffmpeg", src, seek_s=6.0, picks=[0, 3], enc=Encoding(), outdir=tmp_path)

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from server.domain import frames
-from server.domain.frames import PastEnd, SeekEarlier, Shown, Undecodable
-from server.media.engine import Priority, Slots
+from mps_snapshot_server.domain import frames
+from mps_snapshot_server.domain.frames import PastEnd, SeekEarlier, Shown, Undecodable
+from mps_snapshot_server.media.engine import Priority, Slots
 
 FD = 0.04
 

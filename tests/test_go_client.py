@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.app import App
+from mps_snapshot_server.app import App
 from tests.children import run_child
 from tests.conftest import put
 from tests.media import Video

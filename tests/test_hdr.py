@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from client import SnapshotClient
-from server.media import hdr
-from server.media.probe import MediaInfo
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_server.media import hdr
+from mps_snapshot_server.media.probe import MediaInfo
 from tests.conftest import put
 from tests.media import ffmpeg, mean_diff
 from tests.test_sync_snapshots import request

@@ -43,12 +43,12 @@ from aliyunsdkmts.request.v20140618 import (
 from darabonba.runtime import RuntimeOptions
 from PIL import Image
 
-from client import MpsApiError, SnapshotClient
-from client.api import pipeline_service_pb2 as pps
-from client.auth import signature_metadata
-from server.app import App, check_exposure
-from server.config import PrincipalConfig, StatementConfig, load
-from server.security.authn import derive_key
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import pipeline_service_pb2 as pps
+from mps_snapshot_client.auth import signature_metadata
+from mps_snapshot_server.app import App, check_exposure
+from mps_snapshot_server.config import PrincipalConfig, StatementConfig, load
+from mps_snapshot_server.security.authn import derive_key
 from tests.children import ServerProcess
 from tests.conftest import put
 from tests.media import Video
@@ -936,7 +936,7 @@ def test_settings_and_exposure(tmp_path: Path) -> None:
 
 
 def test_secret_file_rules(tmp_path: Path) -> None:
-    from server.app import build_guard
+    from mps_snapshot_server.app import build_guard
 
     secret = tmp_path / "secret"
     secret.write_text("abc\n")

@@ -15,14 +15,14 @@ from alibabacloud_mts20140618 import models as mts
 from alibabacloud_tea_openapi.utils import Utils as OpenApiUtils
 from google.protobuf import timestamp_pb2
 
-from client import mps_json
-from client.api import pipeline_service_pb2 as pps
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.domain.errors import FieldViolation, InvalidParameter
-from server.http import signing, wire
-from server.http.listener import split_address
-from server.rpc.errors import ERROR_TABLE, http_status_for
+from mps_snapshot_client import mps_json
+from mps_snapshot_client.api import pipeline_service_pb2 as pps
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.domain.errors import FieldViolation, InvalidParameter
+from mps_snapshot_server.http import signing, wire
+from mps_snapshot_server.http.listener import split_address
+from mps_snapshot_server.rpc.errors import ERROR_TABLE, http_status_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

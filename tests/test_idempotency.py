@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import MpsApiError, SnapshotClient
+from mps_snapshot_client import MpsApiError, SnapshotClient
 from tests.conftest import put
 from tests.media import Video
 from tests.test_async_jobs import submit_request

@@ -27,11 +27,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import MpsApiError, SnapshotClient
-from server.app import App
-from server.config import load
-from server.observability.logging import ContextFilter, JsonFormatter, TextFormatter, set_job
-from server.observability.tracing import Tracing
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import load
+from mps_snapshot_server.observability.logging import ContextFilter, JsonFormatter, TextFormatter, set_job
+from mps_snapshot_server.observability.tracing import Tracing
 from tests.conftest import put
 from tests.media import Video
 from tests.test_async_jobs import submit_request
@@ -266,7 +266,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
 async def test_served_process_exports_otlp_logs_json_and_serves_metrics(
     tmp_path: Path, videos: dict[str, Video]
 ) -> None:
-    """`python -m server` configured by environment only: OTLP to a collector, JSON logs, /metrics."""
+    """`python -m mps_snapshot_server` configured by environment only: OTLP to a collector, JSON logs, /metrics."""
     collector = Collector()
     receiver = grpc.aio.server()
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
@@ -283,7 +283,7 @@ async def test_served_process_exports_otlp_logs_json_and_serves_metrics(
         "MPS_SNAPSHOT_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_port}",
     }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True
+        sys.executable, "-m", "mps_snapshot_server", env=env, stderr=asyncio.subprocess.PIPE, start_new_session=True
     )
     assert proc.stderr is not None
     lines: list[dict[str, Any]] = []

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from PIL import Image, ImageStat
 
-from client import MpsApiError, SnapshotClient
-from client.api import resources_pb2 as res
-from server.app import App
-from server.domain import fit as fitting
-from server.domain import formats, percent
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_server.app import App
+from mps_snapshot_server.domain import fit as fitting
+from mps_snapshot_server.domain import formats, percent
 from tests.conftest import put
 from tests.media import Video, mean_diff, reference_frame
 from tests.test_async_jobs import events_until_done, submit_request
@@ -272,7 +272,8 @@ async def test_cli_snapshot_beyond_mps(app: App, data_dir: Path, bucket: str, vi
     put(data_dir, bucket, "in/main.mp4", videos["main"].path)
     # The server runs on this test's event loop, so the CLI runs as a child process.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "client", "snapshot", f"{bucket}/in/main.mp4", "--out", f"{bucket}/cli/a.img",
+        sys.executable, "-m", "mps_snapshot_client", "snapshot", f"{bucket}/in/main.mp4",
+        "--out", f"{bucket}/cli/a.img",
         "--format", "webp", "--quality", "60", "--width", "100", "--height", "100", "--fit", "pad",
         "--pad-color", "white", "--time-percent", "20", "--smart-pick", "1000",
         "--target", f"127.0.0.1:{app.port}",
@@ -291,9 +292,9 @@ async def test_cli_snapshot_beyond_mps(app: App, data_dir: Path, bucket: str, vi
 def test_an_mps_request_gets_the_same_ffmpeg_command() -> None:
     """The defaults of the new Encoding fields write exactly what MPS requests always got:
     mjpeg at q 2 through the same scale chain (no codec, pixel format or filter added)."""
-    from server.domain.fit import Geometry
-    from server.domain.formats import ImageFormat
-    from server.media import argv
+    from mps_snapshot_server.domain.fit import Geometry
+    from mps_snapshot_server.domain.formats import ImageFormat
+    from mps_snapshot_server.media import argv
 
     src = argv.Source("file:/v.mp4", ("file",))
     point = argv.ExactPoint(seek_s=1.0, window=(0.96, 1.0))

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from client import SnapshotClient
-from client.api import resources_pb2 as res
-from server.media.picks import Measure, choose, parse_measures
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_server.media.picks import Measure, choose, parse_measures
 from tests.conftest import put
 from tests.media import ffmpeg, frame_times, mean_diff, reference_frame
 from tests.test_async_jobs import events_until_done, submit_request

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.domain.errors import InvalidParameter, ResourceContentBad
-from server.domain.models import ObjectRef, SnapshotConfig
-from server.domain.planning import check_async_config, plan
+from mps_snapshot_server.domain.errors import InvalidParameter, ResourceContentBad
+from mps_snapshot_server.domain.models import ObjectRef, SnapshotConfig
+from mps_snapshot_server.domain.planning import check_async_config, plan
 
 OUT = ObjectRef("b-1", "", "{Count}.jpg")
 

@@ -25,11 +25,11 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from client import MpsApiError, SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.app import App
-from server.config import load
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import load
 from tests import corpus
 from tests.corpus import RECIPES, Reference, ceil_ms, check_frame, ms
 
@@ -276,7 +276,7 @@ def _check_many(
 
 
 async def _sprite(client: SnapshotClient, data: Path, ref: Reference) -> list[str]:
-    from server.domain.sprites import fit
+    from mps_snapshot_server.domain.sprites import fit
 
     start, num = sequence_points(ref)
     points = [start + 1000 * i for i in range(num)]

@@ -28,15 +28,15 @@ import pytest_asyncio
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import MpsApiError, SnapshotClient
-from client.api import pipeline_service_pb2 as pps
-from client.api import pipeline_service_pb2_grpc as pps_grpc
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from client.api import snapshot_service_pb2_grpc as sps_grpc
-from client.auth import derive_key, signature_metadata
-from server.app import App
-from server.config import PrincipalConfig, StatementConfig, StorageRoute, load
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import pipeline_service_pb2 as pps
+from mps_snapshot_client.api import pipeline_service_pb2_grpc as pps_grpc
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_client.api import snapshot_service_pb2_grpc as sps_grpc
+from mps_snapshot_client.auth import derive_key, signature_metadata
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import PrincipalConfig, StatementConfig, StorageRoute, load
 from tests.children import ServerProcess
 from tests.conftest import put
 from tests.media import Video

@@ -19,10 +19,10 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
-from client import MpsApiError, SnapshotClient
-from client.api import snapshot_service_pb2 as sps
-from client.api import snapshot_service_pb2_grpc as sps_grpc
-from client.errors import ThrottlingError
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_client.api import snapshot_service_pb2_grpc as sps_grpc
+from mps_snapshot_client.errors import ThrottlingError
 from tests import hostile
 from tests.children import ServerProcess
 from tests.conftest import put

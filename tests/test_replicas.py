@@ -25,10 +25,10 @@ import pytest
 import pytest_asyncio
 from botocore.config import Config
 
-from client import SnapshotClient
-from client.api import snapshot_service_pb2 as sps
-from client.auth import derive_key, signature_metadata
-from client.errors import MpsApiError, ThrottlingError
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_client.auth import derive_key, signature_metadata
+from mps_snapshot_client.errors import MpsApiError, ThrottlingError
 from tests.children import ServerProcess, run_child
 from tests.media import Video
 from tests.pgutil import temp_database
@@ -398,7 +398,7 @@ async def test_a_second_server_on_one_data_folder_refuses_to_start(tmp_path: Pat
     await first.start()
     try:
         env = {**os.environ, "MPS_SNAPSHOT_DATA_DIR": str(tmp_path), "MPS_SNAPSHOT_LISTEN": "127.0.0.1:0"}
-        code, out = await run_child([sys.executable, "-m", "server"], env, 30)
+        code, out = await run_child([sys.executable, "-m", "mps_snapshot_server"], env, 30)
         assert code == 1
         assert re.search(rf"another mps-snapshot server \(pid {first.proc.pid if first.proc else 0}\) is using", out)
     finally:
@@ -414,11 +414,11 @@ async def test_several_replicas_refuse_local_storage(tmp_path: Path, dsn: str, c
         "MPS_SNAPSHOT_LISTEN": "127.0.0.1:0",
         "MPS_SNAPSHOT_DATABASE_URL": dsn,
     }
-    code, out = await run_child([sys.executable, "-m", "server"], env, 30)
+    code, out = await run_child([sys.executable, "-m", "mps_snapshot_server"], env, 30)
     assert code == 1
     assert "route every Location to S3-compatible storage" in out.replace("Route", "route")
     env["MPS_SNAPSHOT_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/none"
-    code, out = await run_child([sys.executable, "-m", "server", "--config", str(config_file)], env, 30)
+    code, out = await run_child([sys.executable, "-m", "mps_snapshot_server", "--config", str(config_file)], env, 30)
     assert code == 1 and "cannot connect to PostgreSQL" in out
 
 

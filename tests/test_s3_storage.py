@@ -25,15 +25,15 @@ from aiobotocore.config import AioConfig
 from botocore.config import Config
 from PIL import Image
 
-from client import MpsApiError, SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.app import App
-from server.config import StorageRoute, load
-from server.domain.errors import PermissionDenied, ResourceNotFound, TransientError
-from server.media import probe as probe_mod
-from server.media import process
-from server.storage.s3 import S3Options, S3Store
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import StorageRoute, load
+from mps_snapshot_server.domain.errors import PermissionDenied, ResourceNotFound, TransientError
+from mps_snapshot_server.media import probe as probe_mod
+from mps_snapshot_server.media import process
+from mps_snapshot_server.storage.s3 import S3Options, S3Store
 from tests.media import Video, closest_frame, ffmpeg
 from tests.s3util import CountingProxy, FaultProxy, MotoServer
 

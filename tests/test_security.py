@@ -17,17 +17,17 @@ import pytest_asyncio
 from grpc import aio
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client import MpsApiError, SnapshotClient
-from client.api import pipeline_service_pb2 as pps
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from client.api import snapshot_service_pb2_grpc as sps_grpc
-from client.auth import derive_key, signature_metadata
-from server.app import App
-from server.config import PrincipalConfig, StatementConfig, load
-from server.security.authn import Authenticator, Principal
-from server.security.policy import ALLOW_ALL, Effect, Statement, is_allowed
-from server.security.ratelimit import RateLimiter
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import pipeline_service_pb2 as pps
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_client.api import snapshot_service_pb2_grpc as sps_grpc
+from mps_snapshot_client.auth import derive_key, signature_metadata
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import PrincipalConfig, StatementConfig, load
+from mps_snapshot_server.security.authn import Authenticator, Principal
+from mps_snapshot_server.security.policy import ALLOW_ALL, Effect, Statement, is_allowed
+from mps_snapshot_server.security.ratelimit import RateLimiter
 from tests.conftest import put
 from tests.media import Video
 
@@ -113,13 +113,13 @@ async def test_access_keys(secured: App) -> None:
 
 async def raw_search(app: App, metadata: list[tuple[str, str]]) -> None:
     async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        from client.api import pipeline_service_pb2_grpc as pps_grpc
+        from mps_snapshot_client.api import pipeline_service_pb2_grpc as pps_grpc
 
         stub = pps_grpc.PipelineServiceStub(channel)
         try:
             await stub.SearchPipeline(pps.SearchPipelineRequest(), metadata=metadata, timeout=5)
         except aio.AioRpcError as err:
-            from client.errors import from_rpc_error
+            from mps_snapshot_client.errors import from_rpc_error
 
             raise from_rpc_error(err) from None
 
@@ -321,7 +321,7 @@ async def test_oversized_and_undecodable_requests(secured: App) -> None:
 
 
 def test_non_loopback_needs_auth_or_an_explicit_flag(tmp_path: Path) -> None:
-    from server.app import check_exposure
+    from mps_snapshot_server.app import check_exposure
 
     with pytest.raises(SystemExit, match="without authentication"):
         check_exposure(load(env={}, listen="0.0.0.0:50051", data_dir=tmp_path))

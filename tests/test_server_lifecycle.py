@@ -11,9 +11,9 @@ import pytest
 from grpc import aio
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client import SnapshotClient
-from server.app import App
-from server.config import load
+from mps_snapshot_client import SnapshotClient
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import load
 from tests.children import ServerProcess
 
 

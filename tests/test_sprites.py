@@ -13,10 +13,10 @@ import grpc
 import pytest
 from PIL import Image
 
-from client import MpsApiError, SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.domain.sprites import fit
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.domain.sprites import fit
 from tests.conftest import put
 from tests.media import Video, mean_diff, reference_frame
 from tests.test_async_jobs import submit_request

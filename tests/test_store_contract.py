@@ -13,12 +13,20 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from server.domain.errors import InvalidParameter
-from server.domain.models import Job, JobState, NotifyConfig, ObjectRef, Pipeline, PipelineState, SnapshotRequest
-from server.store.base import JobQuery, Store
-from server.store.memory import MemoryStore
-from server.store.postgres import PostgresStore
-from server.store.sqlite import SqliteStore
+from mps_snapshot_server.domain.errors import InvalidParameter
+from mps_snapshot_server.domain.models import (
+    Job,
+    JobState,
+    NotifyConfig,
+    ObjectRef,
+    Pipeline,
+    PipelineState,
+    SnapshotRequest,
+)
+from mps_snapshot_server.store.base import JobQuery, Store
+from mps_snapshot_server.store.memory import MemoryStore
+from mps_snapshot_server.store.postgres import PostgresStore
+from mps_snapshot_server.store.sqlite import SqliteStore
 from tests.pgutil import temp_database
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from server.domain.models import Job, JobState, PipelineState
-from server.store.leases import LeaseLost, current_lease
-from server.store.postgres import MIGRATIONS, PostgresStore
+from mps_snapshot_server.domain.models import Job, JobState, PipelineState
+from mps_snapshot_server.store.leases import LeaseLost, current_lease
+from mps_snapshot_server.store.postgres import MIGRATIONS, PostgresStore
 from tests.pgutil import temp_database
 from tests.test_store_contract import job, pipeline
 

@@ -6,9 +6,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from client import MpsApiError, SnapshotClient
-from client.api import resources_pb2 as res
-from server.app import App
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_server.app import App
 from tests.conftest import put
 from tests.media import Video
 from tests.test_async_jobs import submit_request

@@ -14,11 +14,11 @@ import grpc
 import pytest
 from PIL import Image
 
-from client import ResourceContentBadError, SnapshotClient, SnapshotTimeOutError
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.app import App
-from server.config import load
+from mps_snapshot_client import ResourceContentBadError, SnapshotClient, SnapshotTimeOutError
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import load
 from tests.conftest import put
 from tests.media import Video, closest_frame, index_at, mean_diff, reference_frame
 
@@ -291,7 +291,7 @@ async def test_cli_submits_mps_json(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "client",
+        "mps_snapshot_client",
         "submit",
         str(tmp_path / "req.json"),
         "--target",

@@ -17,11 +17,11 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import MpsApiError, SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.app import App
-from server.config import PrincipalConfig, StatementConfig, load
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.app import App
+from mps_snapshot_server.config import PrincipalConfig, StatementConfig, load
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -199,7 +199,7 @@ def test_fuzz_query(request: sps.QuerySnapshotJobListRequest, fuzz_server: tuple
 
 
 def _call(server: tuple[object, str], method: str, request: object) -> grpc.StatusCode:
-    from client.api import snapshot_service_pb2_grpc as sps_grpc
+    from mps_snapshot_client.api import snapshot_service_pb2_grpc as sps_grpc
 
     _, target = server
     with grpc.insecure_channel(target) as channel:
@@ -228,7 +228,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> object:
         "MPS_SNAPSHOT_RATE_SUBMIT": "0",
         "MPS_SNAPSHOT_RATE_QUERY": "0",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "server"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "mps_snapshot_server"], env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     port = 0
     for line in proc.stderr:

@@ -10,18 +10,26 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import mps_json
-from client.api import snapshot_service_pb2 as sps
-from server.domain import keys
-from server.domain.errors import InvalidParameter
-from server.domain.models import Job, JobState, ObjectRef, SnapshotConfig, SnapshotImage, SnapshotRequest, TileOut
-from server.domain.placeholders import OUTPUT_FILE_PLACEHOLDERS, parse_output_name
-from server.domain.validation import parse_color
-from server.media.argv import Encoding, ExactPoint, Source, capture_argv
-from server.media.hardening import FORMAT_WHITELIST
-from server.media.probe import parse_probe
-from server.rpc.errors import ERROR_TABLE, status_for
-from server.store import codec
+from mps_snapshot_client import mps_json
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.domain import keys
+from mps_snapshot_server.domain.errors import InvalidParameter
+from mps_snapshot_server.domain.models import (
+    Job,
+    JobState,
+    ObjectRef,
+    SnapshotConfig,
+    SnapshotImage,
+    SnapshotRequest,
+    TileOut,
+)
+from mps_snapshot_server.domain.placeholders import OUTPUT_FILE_PLACEHOLDERS, parse_output_name
+from mps_snapshot_server.domain.validation import parse_color
+from mps_snapshot_server.media.argv import Encoding, ExactPoint, Source, capture_argv
+from mps_snapshot_server.media.hardening import FORMAT_WHITELIST
+from mps_snapshot_server.media.probe import parse_probe
+from mps_snapshot_server.rpc.errors import ERROR_TABLE, status_for
+from mps_snapshot_server.store import codec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,10 +9,10 @@ from typing import Any
 import grpc
 import pytest
 
-from client import MpsApiError, SnapshotClient
-from client.api import resources_pb2 as res
-from client.api import snapshot_service_pb2 as sps
-from server.app import App
+from mps_snapshot_client import MpsApiError, SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
+from mps_snapshot_client.api import snapshot_service_pb2 as sps
+from mps_snapshot_server.app import App
 from tests.conftest import put
 from tests.media import Video
 
