@@ -54,13 +54,14 @@ def _timed(
 def install() -> None:
     from mps_snapshot_server.media import process
     from mps_snapshot_server.service import jobs
+    from mps_snapshot_server.worker import runner
     from mps_snapshot_server.storage.local import LocalStore
     from mps_snapshot_server.store.sqlite import SqliteStore
 
     targets: list[tuple[object, str, str, Callable[..., str] | None]] = [
         (process, "run", "run", lambda argv, **_: Path(str(argv[0])).name),
         (jobs.JobService, "submit", "submit", None),
-        (jobs.JobService, "_take_one", "take_one", None),
+        (runner.JobRunner, "_execute", "take_one", None),
         (LocalStore, "head", "head", None),
         (LocalStore, "put_file", "put_file", None),
         (SqliteStore, "put_job", "put_job", None),

@@ -11,8 +11,6 @@ import logging
 import signal
 from pathlib import Path
 
-from grpc import aio
-
 from mps_snapshot_server.config import Settings
 from mps_snapshot_server.domain.errors import DiskFull, MpsError
 from mps_snapshot_server.http.listener import HttpListener, tls_context
@@ -23,7 +21,7 @@ from mps_snapshot_server.observability import logging as log_setup
 from mps_snapshot_server.observability.metrics import Metrics
 from mps_snapshot_server.observability.storage import ObservedStore
 from mps_snapshot_server.observability.tracing import Tracing
-from mps_snapshot_server.rpc import server as rpc_server
+from mps_snapshot_server.rpc.server import GrpcServer
 from mps_snapshot_server.security import bootstrap
 from mps_snapshot_server.security.authn import Authenticator, Principal
 from mps_snapshot_server.security.cluster import ClusterGuard
@@ -38,9 +36,10 @@ from mps_snapshot_server.storage.fencing import fenced
 from mps_snapshot_server.storage.local import LocalStore
 from mps_snapshot_server.storage.router import Route, StorageRouter
 from mps_snapshot_server.storage.s3 import S3Options, S3Store, open_stores
-from mps_snapshot_server.store import replicas as wiring
+from mps_snapshot_server.store import replicas
 from mps_snapshot_server.store.base import Store
 from mps_snapshot_server.store.datalock import DataDirLock
+from mps_snapshot_server.store.ledger import JobLedger
 from mps_snapshot_server.store.postgres import PostgresStore
 from mps_snapshot_server.store.sqlite import SqliteStore
 from mps_snapshot_server.worker.notify import HttpNotifier, NotificationService
@@ -140,7 +139,7 @@ class App:
         self.telemetry = Telemetry(
             Metrics(), tracing or Tracing.from_settings(settings.trace_exporter, settings.otlp_endpoint)
         )
-        self._server: aio.Server | None = None
+        self.grpc: GrpcServer | None = None
         self._stopped = asyncio.Event()
         self.mps_rpc: MpsRpc | None = None
 
@@ -153,8 +152,8 @@ class App:
         self.postgres: PostgresStore | None = None
         self.store: Store
         if s.database_url:
-            wiring.check_settings(s)
-            self.store = self.postgres = await wiring.open_store(s)
+            replicas.check_settings(s)
+            self.store = self.postgres = await replicas.open_store(s)
         else:
             self.store = SqliteStore(s.db_path)
         self.local = LocalStore(s.data_dir)
@@ -195,37 +194,34 @@ class App:
                 await self.pipelines.load()
         else:
             await self.pipelines.load()
-        self.jobs = JobService(
-            store=self.store,
-            router=self.router,
-            engine=self.engine,
-            pipelines=self.pipelines,
-            sync_timeout_s=s.sync_timeout_s,
-            max_sprite_pixels=s.max_sprite_pixels,
-            telemetry=self.telemetry,
-        )
-        self.notifications = NotificationService(
-            jobs=self.jobs,
-            registry=self.pipelines,
-            notifier=HttpNotifier(),
-            attempts=s.notify_attempts,
-            backoff_s=s.notify_backoff_s,
-        )
+        self.ledger = JobLedger(self.store)
+        metrics = self.telemetry.metrics
+        self.ledger.saved_listeners.append(metrics.job_saved)
         self.runner = JobRunner(
-            jobs=self.jobs,
+            ledger=self.ledger,
             engine=self.engine,
             router=self.router,
             ffmpeg_timeout_s=s.ffmpeg_timeout_s,
-            notify_wanted=self.notifications.wanted,
+            sync_timeout_s=s.sync_timeout_s,
             max_sprite_pixels=s.max_sprite_pixels,
         )
+        self.notifications = NotificationService(
+            ledger=self.ledger,
+            registry=self.pipelines,
+            notifier=HttpNotifier(),
+            metrics=metrics,
+            attempts=s.notify_attempts,
+            backoff_s=s.notify_backoff_s,
+        )
+        self.runner.notify_wanted = self.notifications.wanted
         self.scheduler: Scheduler | ClusterScheduler
         if self.postgres is not None:
             self.scheduler = ClusterScheduler(
-                jobs=self.jobs,
+                ledger=self.ledger,
                 runner=self.runner,
                 registry=self.pipelines,
                 notifications=self.notifications,
+                tracing=self.telemetry.tracing,
                 store=self.postgres,
                 slots=s.replica_jobs or s.max_ffmpeg_processes,
                 lease_s=s.lease_s,
@@ -233,44 +229,47 @@ class App:
             )
         else:
             self.scheduler = Scheduler(
-                jobs=self.jobs,
+                ledger=self.ledger,
                 runner=self.runner,
                 registry=self.pipelines,
                 notifications=self.notifications,
+                tracing=self.telemetry.tracing,
                 max_attempts=s.max_attempts,
                 retry_backoff_s=s.fault_retry_backoff_s,
             )
+        self.pipelines.listeners.append(self.scheduler.on_pipeline_change)
+        self.jobs = JobService(
+            ledger=self.ledger,
+            runner=self.runner,
+            queue=self.scheduler,
+            engine=self.engine,
+            pipelines=self.pipelines,
+            sync_timeout_s=s.sync_timeout_s,
+            max_sprite_pixels=s.max_sprite_pixels,
+            telemetry=self.telemetry,
+        )
         await self.scheduler.start()
         self.guard = build_guard(s, self.postgres)
-        tls = bool(s.tls_cert_file)
-        self._server, self.health = rpc_server.build(
+        self.grpc = grpc = GrpcServer(
             self.jobs,
             self.pipelines,
             self.guard,
             reflection_enabled=s.reflection,
             max_concurrent_rpcs=s.max_concurrent_rpcs,
-            client_certs_required=tls and bool(s.tls_client_ca_file),
-            telemetry=self.telemetry,
             max_concurrent_streams=s.max_concurrent_streams or s.max_concurrent_rpcs,
+            tls_files=(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file) if s.tls_cert_file else None,
+            telemetry=self.telemetry,
         )
-        if tls:
-            creds = rpc_server.credentials(s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file)
-            self.port = self._server.add_secure_port(s.listen, creds)
-        else:
-            self.port = self._server.add_insecure_port(s.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {s.listen}")
-        await self._server.start()
-        health = self.health
+        self.port = await grpc.start(s.listen)
         self.monitor = HealthMonitor(
             ping=self.store.ping,
             disk=s.data_dir,
             min_free_bytes=s.min_free_disk_mb * 1024 * 1024,
-            publish=lambda serving: rpc_server.set_serving(health, serving),
+            publish=grpc.set_serving,
             interval=s.health_interval_s,
         )
         self.store.fault_listeners.append(lambda detail: self.monitor.report("job store", detail))
-        self.jobs.fault_listeners.append(self._job_fault)
+        self.runner.fault_listeners.append(self._job_fault)
         await self.monitor.start()
         if s.http_listen:
             await self._start_http()
@@ -341,19 +340,19 @@ class App:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("shutting down (notice %.1f s, grace %.1f s)", notice, grace)
         self.monitor.drain()
-        await rpc_server.set_serving(self.health, False)
+        if self.grpc is not None:
+            await self.grpc.set_serving(False)
         if notice > 0:
             await asyncio.sleep(notice)
         await self.monitor.stop()
-        await self.health.enter_graceful_shutdown()
-        self.jobs.draining = True
+        self.runner.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         stopping = [self.http.stop()] if self.http is not None else []
-        if self._server is not None:
-            stopping.append(self._server.stop(grace))
+        if self.grpc is not None:
+            stopping.append(self.grpc.stop(grace))
         await asyncio.gather(*stopping)
-        await self.jobs.wait_recorded(2.0)
+        await self.runner.wait_recorded(2.0)
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
         await self.router.close()
         await self.store.close()

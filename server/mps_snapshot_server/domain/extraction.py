@@ -31,6 +31,9 @@ DENSE_GOPS = 1.0
 
 
 class Mode(enum.StrEnum):
+    #: One point on its own: the capture a synchronous snapshot uses (and the first image
+    #: after black frames, and a point a batch could not serve exactly).
+    SINGLE = "single"
     SEEK = "seek"
     PASS = "pass"
     #: Keyframes only: one keyframe-only decode of a range, keeping the chosen keyframes.

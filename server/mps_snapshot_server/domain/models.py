@@ -7,6 +7,7 @@ zero (Time, Num, Lines, IsKeepCellPic ...).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,19 @@ class FrameType(enum.StrEnum):
 
     NORMAL = "normal"
     INTRA = "intra"
+
+
+class JobEventKind(enum.StrEnum):
+    """What a change to a job was, as WatchSnapshotJob reports it."""
+
+    #: The job as it stood when the watch began.
+    INITIAL = "initial"
+    #: Its state (or its code and message) changed.
+    STATE = "state"
+    #: A snapshot image was published.
+    IMAGE = "image"
+    #: A sprite was published.
+    SPRITE = "sprite"
 
 
 class PipelineState(enum.StrEnum):
@@ -215,6 +229,66 @@ class Job:
     notify_pending: bool = False
     #: The principal that submitted the job (authorization of reads and cancels).
     owner: str = ""
+
+    # State transitions. Every change of state goes through one of these, so each state
+    # always resets the same fields (a job given back or failed never keeps the images or
+    # sprites of the attempt that did not finish).
+
+    def started(self) -> Job:
+        """An attempt begins (Snapshoting): counted, with the last attempt's code cleared."""
+        return dataclasses.replace(
+            self._without_outputs(), state=JobState.SNAPSHOTING, attempts=self.attempts + 1, code="", message=""
+        )
+
+    def succeeded(self, *, at: datetime, notify: bool = False) -> Job:
+        """Every output is written (the job already carries them)."""
+        return dataclasses.replace(
+            self, state=JobState.SUCCESS, code="", message="", finish_time=at, notify_pending=notify
+        )
+
+    def failed(self, code: str, message: str, *, at: datetime, notify: bool = False) -> Job:
+        """Ended with an error; what the attempt wrote has been removed."""
+        return dataclasses.replace(
+            self._without_outputs(),
+            state=JobState.FAIL,
+            code=code,
+            message=message,
+            finish_time=at,
+            notify_pending=notify,
+        )
+
+    def requeued(self, *, count_attempt: bool = True, code: str = "", message: str = "") -> Job:
+        """Back to Submitted, to run again from the start: after a service fault or a crash
+        (the attempt counts), or handed back at shutdown (``count_attempt=False``: as if
+        the attempt had not started)."""
+        return dataclasses.replace(
+            self._without_outputs(),
+            state=JobState.SUBMITTED,
+            attempts=self.attempts if count_attempt else max(0, self.attempts - 1),
+            code=code,
+            message=message,
+        )
+
+    def cancelled(self, *, at: datetime) -> Job:
+        return dataclasses.replace(
+            self._without_outputs(),
+            state=JobState.CANCELLED,
+            code="",
+            message="Cancelled by CancelSnapshotJob.",
+            finish_time=at,
+        )
+
+    def _without_outputs(self) -> Job:
+        return dataclasses.replace(
+            self,
+            count=0,
+            tile_count=0,
+            images=(),
+            sprites=(),
+            web_vtt_object="",
+            storyboard_object="",
+            animated=None,
+        )
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,14 @@ def check_async_config(config: SnapshotConfig) -> None:
         )
 
 
+def plan_single(config: SnapshotConfig, duration_s: float) -> Plan:
+    """A synchronous snapshot: one image at Time (or TimePercent). Past the end is judged by
+    the decode (the display end of the last frame), not by the probe's duration, which
+    some containers only estimate; black frames are not skipped (MPS skips them only for
+    sequences)."""
+    return Plan((Point(float(percent.start_ms(config, duration_s * 1000)), None),), None, 0)
+
+
 def plan(config: SnapshotConfig, duration_s: float) -> Plan:
     duration_ms = duration_s * 1000
     config = percent.resolve(config, duration_ms)

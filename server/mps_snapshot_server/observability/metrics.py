@@ -109,9 +109,10 @@ class Metrics:
         if seconds is not None:
             self.rpc_seconds.labels(method).observe(seconds)
 
-    def job_saved(self, job: Job, previous_finished: bool) -> None:
-        """Count a job's final state once (a job is saved many times while it runs)."""
-        if not job.state.finished or previous_finished:
+    def job_saved(self, job: Job) -> None:
+        """Count a job's final state once (a job is saved many times while it runs, and a
+        final job is saved again only to record its notification's result)."""
+        if not job.state.finished or job.notify_result is not None:
             return
         self.jobs_finished.labels(job.pipeline_id, job.state.value).inc()
         if job.state.value == "Success":

@@ -157,6 +157,55 @@ def build(
     return server, health
 
 
+class GrpcServer:
+    """The gRPC side of a running server: the grpc.aio server with its services, bound to
+    its port, its health status, and its stop. The composition root sees no grpc types."""
+
+    def __init__(
+        self,
+        jobs: JobService,
+        pipelines: PipelineRegistry,
+        guard: Guard,
+        *,
+        reflection_enabled: bool,
+        max_concurrent_rpcs: int,
+        max_concurrent_streams: int,
+        tls_files: tuple[str, str, str] | None,
+        telemetry: Telemetry,
+    ) -> None:
+        """``tls_files``: (certificate, key, client CA or ""), or None for plaintext."""
+        self.tls_files = tls_files
+        self.server, self.health = build(
+            jobs,
+            pipelines,
+            guard,
+            reflection_enabled=reflection_enabled,
+            max_concurrent_rpcs=max_concurrent_rpcs,
+            client_certs_required=tls_files is not None and bool(tls_files[2]),
+            telemetry=telemetry,
+            max_concurrent_streams=max_concurrent_streams,
+        )
+
+    async def start(self, address: str) -> int:
+        """Bind ``address`` (port 0: any free port) and start serving; returns the port."""
+        if self.tls_files is not None:
+            port = self.server.add_secure_port(address, credentials(*self.tls_files))
+        else:
+            port = self.server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await self.server.start()
+        return port
+
+    async def set_serving(self, serving: bool) -> None:
+        await set_serving(self.health, serving)
+
+    async def stop(self, grace: float) -> None:
+        """Health NOT_SERVING for good, then close the port with ``grace`` for calls in flight."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
 async def set_serving(health: health_aio.HealthServicer, serving: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", *SERVICE_NAMES):

@@ -1,51 +1,37 @@
-"""Job use cases: submit (sync snapshots run here; async jobs go to the scheduler),
-query and cancel. Transport-free: the gRPC layer only converts and maps errors."""
+"""Job use cases: submit (a synchronous snapshot runs inline on the job runner; an async
+job goes to the job queue), query, get, watch and cancel. Transport-free: the gRPC and
+HTTP layers only convert and map errors."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-from mps_snapshot_server.domain import percent, planning, sprites, validation
+from mps_snapshot_server.domain import planning, sprites, validation
 from mps_snapshot_server.domain.errors import (
-    FieldViolation,
-    IdempotentParameterMismatch,
-    InternalError,
     InvalidParameter,
     InvalidState,
     MpsError,
-    ResourceContentBad,
     ResourceNotFound,
-    ServiceFault,
-    ServiceUnavailable,
-    SnapshotTimeOut,
 )
 from mps_snapshot_server.domain.ids import new_id
-from mps_snapshot_server.domain.models import FrameType, Job, JobState, SnapshotImage, SnapshotRequest
-from mps_snapshot_server.media import encodings
-from mps_snapshot_server.media.engine import MediaEngine, Priority
+from mps_snapshot_server.domain.models import Job, JobEventKind, JobState, SnapshotRequest
+from mps_snapshot_server.media.engine import MediaEngine
 from mps_snapshot_server.observability import Telemetry
 from mps_snapshot_server.observability.logging import set_job
+from mps_snapshot_server.service.idempotency import ClientTokens
 from mps_snapshot_server.service.pipelines import PipelineRegistry
-from mps_snapshot_server.storage.base import ObjectInfo, ObjectStore
-from mps_snapshot_server.storage.router import StorageRouter
-from mps_snapshot_server.store import codec
-from mps_snapshot_server.store.base import JobQuery as JobFilter
-from mps_snapshot_server.store.base import Store
-from mps_snapshot_server.store.events import JobEvents
-from mps_snapshot_server.worker import faults
+from mps_snapshot_server.store.base import JobQuery
+from mps_snapshot_server.store.events import Event
+from mps_snapshot_server.store.ledger import JobLedger
+from mps_snapshot_server.worker.runner import Input, JobRunner, now
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_IDS = 10
-#: How long a ClientToken is remembered.
-TOKEN_WINDOW = timedelta(hours=24)
 DEFAULT_PAGE_SIZE = 30
 MAX_PAGE_SIZE = 300
 #: Store reads one QuerySnapshotJobList page may take to fill itself with visible jobs.
@@ -53,74 +39,44 @@ _LIST_READS = 10
 # Time kept back from the caller's deadline to record the failure and answer.
 _DEADLINE_MARGIN_S = 0.15
 
-AsyncSubmit = Callable[[Job, validation.ValidRequest], Awaitable[Job]]
-AsyncCancel = Callable[[Job], Awaitable[Job]]
 _PROGRESS_RANK = {JobState.SUBMITTED: 0, JobState.SNAPSHOTING: 1}
 
 
-def now() -> datetime:
-    return datetime.now(UTC)
+class JobQueue(Protocol):
+    """Where async jobs go: the in-process scheduler, or the replicas' shared queue."""
 
+    async def submit(self, job: Job, valid: validation.ValidRequest) -> Job:
+        """Admit the job (QueueFull when its pipeline is full), commit it, queue it."""
+        ...
 
-def media_time_ms(seconds: float) -> float:
-    return round(seconds * 1000, 3)
+    async def cancel(self, job: Job) -> Job:
+        """Cancel an unfinished job; returns it Cancelled."""
+        ...
 
 
 class JobService:
     def __init__(
         self,
         *,
-        store: Store,
-        router: StorageRouter,
+        ledger: JobLedger,
+        runner: JobRunner,
+        queue: JobQueue,
         engine: MediaEngine,
         pipelines: PipelineRegistry,
         sync_timeout_s: float,
-        max_sprite_pixels: int = 128_000_000,
-        telemetry: Telemetry | None = None,
+        max_sprite_pixels: int,
+        telemetry: Telemetry,
     ) -> None:
-        self.telemetry = telemetry or Telemetry()
-        self.store = store
-        self.router = router
+        self.ledger = ledger
+        self.store = ledger.store
+        self.runner = runner
+        self.queue = queue
         self.engine = engine
         self.pipelines = pipelines
         self.sync_timeout_s = sync_timeout_s
         self.max_sprite_pixels = max_sprite_pixels
-        self._token_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        self.events = JobEvents()
-        #: Set when the server is stopping: a sync snapshot cut off then is recorded as
-        #: failed with ServiceUnavailable (and the stop waits for these records).
-        self.draining = False
-        self._recording: set[asyncio.Future[None]] = set()
-        self._sync_tasks: set[asyncio.Task[Any]] = set()
-        #: Told of every service fault a job meets (the health monitor listens).
-        self.fault_listeners: list[Callable[[MpsError], None]] = []
-        #: Set by the scheduler: commits and queues an async job.
-        self.submit_async: AsyncSubmit | None = None
-        #: Set by the scheduler: cancels an unfinished async job.
-        self.cancel_async: AsyncCancel | None = None
-
-    async def wait_recorded(self, timeout: float) -> None:
-        """Wait (bounded) until cut-off sync snapshots are recorded, before the store closes."""
-        running = {t for t in self._sync_tasks if not t.done()}
-        for task in running:
-            task.cancel()  # the port is closed: what still runs is cut off (and recorded)
-        pending: set[asyncio.Future[Any]] = {*running, *self._recording}
-        if pending:
-            await asyncio.wait(pending, timeout=timeout)
-        if self._recording:
-            await asyncio.wait(list(self._recording), timeout=timeout)
-
-    def report_fault(self, fault: MpsError) -> None:
-        for listener in self.fault_listeners:
-            listener(fault)
-
-    async def save(self, job: Job, kind: str = "state") -> Job:
-        """Commit a job change, then tell its watchers."""
-        await self.store.put_job(job)
-        self.events.publish(kind, job)
-        # A final job is saved again only to record its notification's result.
-        self.telemetry.metrics.job_saved(job, previous_finished=job.notify_result is not None)
-        return job
+        self.telemetry = telemetry
+        self.tokens = ClientTokens(self.store)
 
     async def submit(
         self,
@@ -132,33 +88,13 @@ class JobService:
         client_token: str = "",
     ) -> Job:
         """Create a job; with a ClientToken, a repeat of an earlier call returns its job."""
-        if not client_token:
+
+        async def create() -> Job:
             return await self._submit(request, request_id=request_id, time_remaining=time_remaining, owner=principal)
-        if not (1 <= len(client_token) <= 64 and client_token.isascii() and client_token.isprintable()):
-            raise InvalidParameter.field("client_token", "ClientToken must be 1-64 printable ASCII characters.")
-        key = (principal, client_token)
-        lock = self._token_locks.setdefault(key, asyncio.Lock())
-        try:
-            # Concurrent retries with one token wait for the first, then find its job.
-            async with lock, self.store.token_lock(principal, client_token):
-                digest = hashlib.sha256(codec.dumps(request).encode()).hexdigest()
-                since = now() - TOKEN_WINDOW
-                found = await self.store.get_token(principal, client_token, since)
-                if found is not None:
-                    if found[0] != digest:
-                        raise IdempotentParameterMismatch(
-                            "This ClientToken was used for a different request; use a new token for a new job.",
-                            violations=(FieldViolation("client_token", "used before with another request"),),
-                        )
-                    job = await self.store.get_job(found[1])
-                    if job is not None:
-                        return job
-                job = await self._submit(request, request_id=request_id, time_remaining=time_remaining, owner=principal)
-                await self.store.put_token(principal, client_token, digest, job.id, now(), since)
-                return job
-        finally:
-            if not lock.locked() and self._token_locks.get(key) is lock:
-                del self._token_locks[key]
+
+        if not client_token:
+            return await create()
+        return await self.tokens.once(principal, client_token, request, create)
 
     async def _submit(
         self, request: SnapshotRequest, *, request_id: str, time_remaining: float | None, owner: str = ""
@@ -166,13 +102,14 @@ class JobService:
         valid = validation.validate(request)
         await self.pipelines.ensure(request.pipeline_id)
         pipeline = self.pipelines.resolve(request.pipeline_id)
-        in_store = self.router.store_for(valid.input, "input")
-        self.router.store_for(valid.output_file, "snapshot_config.output_file")
+        router = self.runner.router
+        router.store_for(valid.input, "input")
+        router.store_for(valid.output_file, "snapshot_config.output_file")
         if valid.config.tile_output_file is not None and valid.config.tile_out is not None:
-            self.router.store_for(valid.config.tile_output_file, "snapshot_config.tile_output_file")
+            router.store_for(valid.config.tile_output_file, "snapshot_config.tile_output_file")
         if valid.config.animated_output_file is not None and valid.config.animated_out is not None:
-            self.router.store_for(valid.config.animated_output_file, "snapshot_config.animated_output_file")
-        head = await in_store.head(valid.input.bucket, valid.input_key)
+            router.store_for(valid.config.animated_output_file, "snapshot_config.animated_output_file")
+        source = await self.runner.resolve(valid)
         job = Job(
             id=new_id(),
             request=dataclasses.replace(request, pipeline_id=pipeline.id),
@@ -185,29 +122,24 @@ class JobService:
         )
         set_job(job.id, job.pipeline_id)
         submitted = self.telemetry.metrics.jobs_submitted
+        limit = self.sync_timeout_s if time_remaining is None else min(self.sync_timeout_s, time_remaining)
         if valid.is_async:
             if valid.config.tile_out is not None:
-                await self._check_sprites(valid, in_store, head, time_remaining)
-            if self.submit_async is None:
-                raise InvalidParameter(
-                    "Asynchronous jobs are not enabled on this server.", code="InvalidParameter.NotSupported"
-                )
-            job = await self.submit_async(job, valid)
+                await self._check_sprites(valid, source, limit)
+            job = await self.queue.submit(job, valid)
             submitted.labels(job.pipeline_id, "async").inc()
             return job
         submitted.labels(job.pipeline_id, "sync").inc()
-        return await self._run_sync(job, valid, in_store, head, time_remaining)
+        if time_remaining is not None:
+            limit = min(limit, time_remaining - _DEADLINE_MARGIN_S)
+        return await self.runner.run_inline(job, valid, source, limit=limit)
 
-    async def _check_sprites(
-        self, valid: validation.ValidRequest, in_store: ObjectStore, head: ObjectInfo, time_remaining: float | None
-    ) -> None:
+    async def _check_sprites(self, valid: validation.ValidRequest, source: Input, limit: float) -> None:
         """Sprite rules that need the video's size and duration, checked before the job is
         accepted: the sprite's pixel size, and {TileCount} when more than one sprite results."""
         config = valid.config
         assert config.tile_out is not None and valid.tile_name is not None
-        handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
-        limit = self.sync_timeout_s if time_remaining is None else min(self.sync_timeout_s, time_remaining)
-        info = await self.engine.probe(handle, (id(in_store), valid.input.bucket, valid.input_key, head.version), limit)
+        info = await self.engine.probe(await source.handle(), source.version, limit)
         lay = sprites.layout(config.tile_out, info.output_size(config.width, config.height), valid.background)
         sprites.check_size(lay, self.max_sprite_pixels)
         try:
@@ -223,188 +155,11 @@ class JobService:
                 "TileOutputFile.Object must contain {TileCount} (for example sprite-{TileCount}.jpg).",
             )
 
-    async def _run_sync(
-        self,
-        job: Job,
-        valid: validation.ValidRequest,
-        in_store: ObjectStore,
-        head: ObjectInfo,
-        time_remaining: float | None,
-    ) -> Job:
-        me = asyncio.current_task()
-        if me is not None:
-            self._sync_tasks.add(me)
-        try:
-            return await self._run_sync_in(job, valid, in_store, head, time_remaining)
-        finally:
-            if me is not None:
-                self._sync_tasks.discard(me)
-
-    async def _run_sync_in(
-        self,
-        job: Job,
-        valid: validation.ValidRequest,
-        in_store: ObjectStore,
-        head: ObjectInfo,
-        time_remaining: float | None,
-    ) -> Job:
-        limit = self.sync_timeout_s
-        if time_remaining is not None:
-            limit = min(limit, time_remaining - _DEADLINE_MARGIN_S)
-        job = dataclasses.replace(job, attempts=1)
-        error: MpsError | None = None
-        written: list[tuple[ObjectStore, str, str]] = []
-        try:
-            async with asyncio.timeout(max(limit, 0.0)):
-                job = await self._take_one(job, valid, in_store, head, written, limit)
-        except TimeoutError:
-            error = SnapshotTimeOut(
-                f"The snapshot took longer than {limit:.1f} s and was stopped; submit it as an "
-                "asynchronous job (set Num to 1) for slow inputs."
-            )
-        except MpsError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            # The caller went away, or the server is stopping and cut the call off: record
-            # the outcome anyway (the stop waits for it), then let the cancel go on.
-            cut: MpsError
-            if self.draining:
-                cut = ServiceUnavailable(
-                    "The server shut down before the snapshot was written; submit it again.", retry_after=1.0
-                )
-            else:
-                cut = SnapshotTimeOut(
-                    "The caller cancelled the call or its deadline passed before the snapshot was written."
-                )
-            recording = asyncio.ensure_future(self._fail(job, cut, written))
-            self._recording.add(recording)
-            recording.add_done_callback(self._recording.discard)
-            with contextlib.suppress(MpsError):
-                await asyncio.shield(recording)
-            raise
-        except Exception as exc:
-            error = faults.from_exception(exc)
-            if error is None:
-                log.exception("sync snapshot %s failed", job.id)
-                error = InternalError("An internal error stopped the snapshot; quote the request id when reporting it.")
-        if error is not None:
-            if isinstance(error, ServiceFault):
-                self.report_fault(error)
-            try:
-                await asyncio.shield(self._fail(job, error, written))
-                error.job_id = job.id
-            except ServiceFault as unrecorded:
-                # The store cannot record the failure either (a full disk): the caller still
-                # learns the first fault; no job id, as no job was recorded.
-                log.warning("sync snapshot %s: failure not recorded: %s", job.id, unrecorded)
-            raise error
-        try:
-            await asyncio.shield(self.save(job))
-        except ServiceFault:
-            # Not recorded: take the snapshot back, so a failed call leaves nothing behind.
-            await asyncio.shield(self._remove(job, written))
-            raise
-        return job
-
-    async def _remove(self, job: Job, written: list[tuple[ObjectStore, str, str]]) -> None:
-        for store, bucket, key in written:
-            try:
-                await store.delete(bucket, key)
-            except Exception:
-                log.exception("could not remove %s/%s of failed job %s", bucket, key, job.id)
-
-    async def _fail(self, job: Job, error: MpsError, written: list[tuple[ObjectStore, str, str]]) -> None:
-        await self._remove(job, written)
-        failed = dataclasses.replace(
-            job, state=JobState.FAIL, code=error.code, message=error.message, count=0, images=(), finish_time=now()
-        )
-        await self.save(failed)
-
-    async def _take_one(
-        self,
-        job: Job,
-        valid: validation.ValidRequest,
-        in_store: ObjectStore,
-        head: ObjectInfo,
-        written: list[tuple[ObjectStore, str, str]],
-        limit: float,
-    ) -> Job:
-        try:
-            return await self._capture_one(job, valid, in_store, head, written, limit)
-        except ResourceContentBad as exc:
-            work = self.engine.tmp_dir
-            raise await faults.explain(exc, in_store, valid.input.bucket, valid.input_key, work) from None
-
-    async def _capture_one(
-        self,
-        job: Job,
-        valid: validation.ValidRequest,
-        in_store: ObjectStore,
-        head: ObjectInfo,
-        written: list[tuple[ObjectStore, str, str]],
-        limit: float,
-    ) -> Job:
-        config = valid.config
-        handle = await in_store.input_handle(valid.input.bucket, valid.input_key)
-        version = (id(in_store), valid.input.bucket, valid.input_key, head.version)
-        info = await self.engine.probe(handle, version, limit, Priority.SYNC)
-        # Past the end is judged by the decode (the display end of the last frame), not by
-        # the probe's duration, which some containers only estimate.
-        time_ms = percent.start_ms(config, info.duration_s * 1000)
-        out = valid.output_file
-        out_store = self.router.store_for(out, "snapshot_config.output_file")
-        key = valid.output_name.render(input_key=valid.input_key, count=1, snapshot_time_ms=time_ms)
-        validation.check_not_input(valid, out.bucket, key, "snapshot_config.output_file.object")
-        keys = self.engine.cached_key_index(version)
-        enc = encodings.snapshots(valid, info)
-        async with self.engine.workdir(job.id) as workdir:
-            frame = await self.engine.snapshot(
-                handle,
-                info,
-                time_s=time_ms / 1000,
-                frame_type=valid.frame_type,
-                enc=enc,
-                workdir=workdir,
-                wall_seconds=limit,
-                priority=Priority.SYNC,
-                # An intra snapshot decodes only the chosen keyframe when an earlier job
-                # built the input's keyframe index (a sync call never builds it).
-                keys=keys.times if keys else None,
-            )
-            replaced = ""
-            if config.smart_pick is not None:
-                frame, replaced = await self.engine.smart_pick(
-                    handle,
-                    info,
-                    frame,
-                    time_s=time_ms / 1000,
-                    smart=config.smart_pick,
-                    enc=enc,
-                    workdir=workdir,
-                    wall_seconds=limit,
-                    priority=Priority.SYNC,
-                )
-            written.append((out_store, out.bucket, key))
-            await out_store.put_file(out.bucket, key, frame.path, valid.image_format.content_type)
-        if valid.frame_type is FrameType.INTRA and keys is None:
-            self.engine.key_index_later(handle, version, info, self.sync_timeout_s * 10)
-        image = SnapshotImage(
-            object=key,
-            time_ms=media_time_ms(frame.time_s),
-            requested_time_ms=float(time_ms),
-            width=frame.width,
-            height=frame.height,
-            replaced=replaced,
-        )
-        return dataclasses.replace(
-            job, state=JobState.SUCCESS, count=1, images=(image,), images_planned=1, finish_time=now()
-        )
-
     async def query(
         self,
         ids: list[str],
         *,
-        flt: JobFilter,
+        flt: JobQuery,
         page_size: int | None,
         token: str,
         visible: Callable[[Job], bool] = lambda job: True,
@@ -443,18 +198,19 @@ class JobService:
             )
         return job
 
-    async def watch(self, job_id: str) -> AsyncIterator[tuple[str, Job]]:
+    async def watch(self, job_id: str) -> AsyncIterator[tuple[JobEventKind, Job]]:
         """The job as it stands, then each change, ending after the final state."""
-        queue = self.events.subscribe(job_id)
+        events = self.ledger.events
+        queue = events.subscribe(job_id)
         try:
             job = await self.get(job_id)
-            yield "initial", job
+            yield JobEventKind.INITIAL, job
             last = job
             while not last.state.finished:
                 item = await queue.get()
                 if item is None:
                     last = await self.get(job_id)
-                    yield "state", last
+                    yield JobEventKind.STATE, last
                     if not last.state.finished:
                         queue = self._resubscribe(job_id, queue)
                     continue
@@ -464,13 +220,11 @@ class JobService:
                 last = job
                 yield kind, job
         finally:
-            self.events.unsubscribe(job_id, queue)
+            events.unsubscribe(job_id, queue)
 
-    def _resubscribe(
-        self, job_id: str, old: asyncio.Queue[tuple[str, Job] | None]
-    ) -> asyncio.Queue[tuple[str, Job] | None]:
-        self.events.unsubscribe(job_id, old)
-        return self.events.subscribe(job_id)
+    def _resubscribe(self, job_id: str, old: asyncio.Queue[Event]) -> asyncio.Queue[Event]:
+        self.ledger.events.unsubscribe(job_id, old)
+        return self.ledger.events.subscribe(job_id)
 
     async def cancel(self, job_id: str) -> Job:
         job = await self.get(job_id)
@@ -479,9 +233,7 @@ class JobService:
                 f"Snapshot job {job_id} has already ended in state {job.state.value}; "
                 "only Submitted or Snapshoting jobs can be cancelled."
             )
-        if self.cancel_async is None:
-            raise InvalidState(f"Snapshot job {job_id} cannot be cancelled on this server.")
-        return await self.cancel_async(job)
+        return await self.queue.cancel(job)
 
 
 def _older(job: Job, last: Job) -> bool:

@@ -17,8 +17,9 @@ import aiohttp
 from mps_snapshot_server.domain import validation
 from mps_snapshot_server.domain.models import Job, JobState, NotifyResult
 from mps_snapshot_server.observability.logging import set_job
-from mps_snapshot_server.service.jobs import JobService
-from mps_snapshot_server.service.pipelines import PipelineRegistry
+from mps_snapshot_server.observability.metrics import Metrics
+from mps_snapshot_server.store.ledger import JobLedger
+from mps_snapshot_server.worker.ports import Pipelines
 
 log = logging.getLogger(__name__)
 _NAMESPACE = uuid.UUID("6f1c1a52-8d1e-4d8e-9a53-6d7073e5a1c0")
@@ -109,9 +110,17 @@ def message(job: Job) -> dict[str, Any]:
 
 class NotificationService:
     def __init__(
-        self, *, jobs: JobService, registry: PipelineRegistry, notifier: Notifier, attempts: int, backoff_s: float
+        self,
+        *,
+        ledger: JobLedger,
+        registry: Pipelines,
+        notifier: Notifier,
+        metrics: Metrics,
+        attempts: int,
+        backoff_s: float,
     ) -> None:
-        self.jobs = jobs
+        self.ledger = ledger
+        self.metrics = metrics
         self.registry = registry
         self.notifier = notifier
         self.attempts = attempts
@@ -141,7 +150,7 @@ class NotificationService:
         task.add_done_callback(self._tasks.discard)
 
     async def _pending(self) -> None:
-        for job in await self.jobs.store.jobs_in_states(_NOTIFIED_STATES):
+        for job in await self.ledger.store.jobs_in_states(_NOTIFIED_STATES):
             if job.notify_pending:
                 self._spawn(job)
 
@@ -152,7 +161,7 @@ class NotificationService:
 
     async def _deliver(self, job: Job) -> None:
         set_job(job.id, job.pipeline_id)  # this task's log context
-        metrics = self.jobs.telemetry.metrics
+        metrics = self.metrics
         destination = self.destination(job)
         mid = message_id(job)
         result: NotifyResult
@@ -187,9 +196,9 @@ class NotificationService:
             else:
                 result = NotifyResult(error_code=last.code, error_message=last.message)
                 metrics.notifications.labels("given_up").inc()
-        current = await self.jobs.store.get_job(job.id)
+        current = await self.ledger.get(job.id)
         if current is not None:
-            await self.jobs.save(dataclasses.replace(current, notify_result=result, notify_pending=False), "state")
+            await self.ledger.save(dataclasses.replace(current, notify_result=result, notify_pending=False))
 
     async def close(self) -> None:
         for task in list(self._tasks):

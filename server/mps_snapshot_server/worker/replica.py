@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Coroutine
@@ -22,14 +21,16 @@ from typing import Any
 
 from mps_snapshot_server.domain import planning
 from mps_snapshot_server.domain.errors import InvalidState, QueueFull, ResourceNotFound, ServiceUnavailable
-from mps_snapshot_server.domain.models import Job, JobState, Pipeline
+from mps_snapshot_server.domain.models import Job, JobEventKind, JobState, Pipeline
 from mps_snapshot_server.domain.validation import ValidRequest
-from mps_snapshot_server.service.jobs import JobService, now
-from mps_snapshot_server.service.pipelines import PipelineRegistry
+from mps_snapshot_server.observability.tracing import Tracing
 from mps_snapshot_server.store.leases import Lease, LeaseLost, current_lease
+from mps_snapshot_server.store.ledger import JobLedger
 from mps_snapshot_server.store.postgres import Claim, PostgresStore
+from mps_snapshot_server.worker.attempt import interrupted, run_attempt
 from mps_snapshot_server.worker.notify import NotificationService
-from mps_snapshot_server.worker.runner import JobRunner
+from mps_snapshot_server.worker.ports import Pipelines
+from mps_snapshot_server.worker.runner import JobRunner, now
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,20 @@ class ClusterScheduler:
     def __init__(
         self,
         *,
-        jobs: JobService,
+        ledger: JobLedger,
         runner: JobRunner,
-        registry: PipelineRegistry,
+        registry: Pipelines,
         notifications: NotificationService,
+        tracing: Tracing,
         store: PostgresStore,
         slots: int,
         lease_s: float,
         max_attempts: int,
         poll_s: float = 1.0,
     ) -> None:
-        self.jobs = jobs
+        self.ledger = ledger
+        self.events = ledger.events
+        self.tracing = tracing
         self.runner = runner
         self.registry = registry
         self.notifications = notifications
@@ -68,9 +72,6 @@ class ClusterScheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._changes: asyncio.Queue[str] = asyncio.Queue()
         self._progress: dict[str, tuple[int, int]] = {}
-        jobs.submit_async = self.submit
-        jobs.cancel_async = self.cancel
-        registry.listeners.append(self.on_pipeline_change)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -89,7 +90,7 @@ class ClusterScheduler:
     def _on_event(self, kind: str, ident: str) -> None:
         if kind == "job":
             self._wake.set()  # a job was added or freed a slot somewhere
-            if self.jobs.events.watching(ident):
+            if self.events.watching(ident):
                 self._changes.put_nowait(ident)
         elif kind == "cancel":
             task = self.running.get(ident)
@@ -102,7 +103,7 @@ class ClusterScheduler:
     def _on_reconnect(self) -> None:
         # Events sent while the listener was away are lost: catch up on what they carried.
         self._spawn(self._refresh_pipelines(), "cluster-pipelines")
-        for job_id in self.jobs.events.watched():
+        for job_id in self.events.watched():
             self._changes.put_nowait(job_id)
 
     async def _refresh_pipelines(self) -> None:
@@ -126,12 +127,18 @@ class ClusterScheduler:
                 continue
             seen = self._progress.get(job_id, (0, 0))
             counts = (len(job.images), len(job.sprites))
-            kind = "image" if counts[0] > seen[0] else "sprite" if counts[1] > seen[1] else "state"
+            kind = (
+                JobEventKind.IMAGE
+                if counts[0] > seen[0]
+                else JobEventKind.SPRITE
+                if counts[1] > seen[1]
+                else JobEventKind.STATE
+            )
             if job.state.finished:
                 self._progress.pop(job_id, None)
             else:
                 self._progress[job_id] = counts
-            self.jobs.events.publish(kind, job)
+            self.events.publish(kind, job)
 
     # Submit and run
 
@@ -147,7 +154,7 @@ class ClusterScheduler:
                 "later, or raise its QueueCapacity with UpdatePipeline.",
                 retry_after=1.0,
             )
-        self.jobs.events.publish("state", job)
+        self.events.publish(JobEventKind.STATE, job)
         self._wake.set()
         return job
 
@@ -196,22 +203,15 @@ class ClusterScheduler:
         job = claim.job
         try:
             if claim.cancel_requested:
-                return await self.jobs.save(_cancelled(job))
+                return await self.ledger.save(job.cancelled(at=now()))
             if claim.exhausted:
-                failed = dataclasses.replace(
-                    job,
-                    state=JobState.FAIL,
-                    code="InternalError",
-                    finish_time=now(),
-                    message=f"The job was interrupted on each of its {job.attempts} attempts (a replica stopped "
-                    "or crashed while it ran); it will not be retried.",
-                )
-                return await self.jobs.save(
-                    dataclasses.replace(failed, notify_pending=self.notifications.wanted(failed))
-                )
+                notify = bool(self.notifications.destination(job))
+                return await self.ledger.save(interrupted(job, at=now(), notify=notify, where="a replica"))
             if job.attempts > 1:
                 log.info("job %s: attempt %d (lease attempt %d)", job.id, job.attempts, lease.attempt)
-            return await self.runner.run(job)
+            # The claim committed the attempt (Snapshoting, attempts + 1). A service fault
+            # ends the job here (no in-place retry): the lease fences every write.
+            return await run_attempt(self.runner, self.tracing, job, retry=False)
         except LeaseLost as exc:
             log.warning("%s: this replica stopped the job and writes nothing more about it", exc)
             return None
@@ -221,13 +221,11 @@ class ClusterScheduler:
                 return None
             try:
                 if job.id in self._cancel_requested:
-                    await self.jobs.save(_cancelled(job))
+                    await self.ledger.save(job.cancelled(at=now()))
                 else:  # shutdown: give the job back, this attempt not counted
-                    back = dataclasses.replace(
-                        job, state=JobState.SUBMITTED, attempts=job.attempts - 1, images=(), count=0
-                    )
+                    back = job.requeued(count_attempt=False)
                     await self.store.release(back, lease)
-                    self.jobs.events.publish("state", back)
+                    self.events.publish(JobEventKind.STATE, back)
             except LeaseLost:
                 return None
             raise
@@ -263,25 +261,25 @@ class ClusterScheduler:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             return await self._cancelled_or_error(job.id)
-        outcome, current = await self.store.request_cancel(job.id, _cancelled)
+        outcome, current = await self.store.request_cancel(job.id, lambda j: j.cancelled(at=now()))
         if outcome == "missing" or current is None:
             raise ResourceNotFound(f"Snapshot job {job.id!r} does not exist.")
         if outcome == "cancelled":
-            self.jobs.events.publish("state", current)
+            self.events.publish(JobEventKind.STATE, current)
             return current
         if outcome == "sync":
             raise InvalidState(f"Snapshot job {job.id} is a synchronous snapshot and cannot be cancelled.")
         if outcome == "finished":
             return await self._cancelled_or_error(job.id)
         # Another replica runs it: it stops the job on the NOTIFY (or at its next renewal).
-        queue = self.jobs.events.subscribe(job.id)
+        queue = self.events.subscribe(job.id)
         try:
             async with asyncio.timeout(CANCEL_WAIT_S):
                 while not current.state.finished:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.5):
                             await queue.get()
-                    current = await self.jobs.get(job.id)
+                    current = await self._get(job.id)
         except TimeoutError:
             raise ServiceUnavailable(
                 f"The replica running job {job.id} has not confirmed the cancel within {CANCEL_WAIT_S:.0f} s; "
@@ -290,11 +288,17 @@ class ClusterScheduler:
                 retry_after=self.lease_s,
             ) from None
         finally:
-            self.jobs.events.unsubscribe(job.id, queue)
+            self.events.unsubscribe(job.id, queue)
         return await self._cancelled_or_error(job.id)
 
+    async def _get(self, job_id: str) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise ResourceNotFound(f"Snapshot job {job_id!r} does not exist.")
+        return job
+
     async def _cancelled_or_error(self, job_id: str) -> Job:
-        final = await self.jobs.get(job_id)
+        final = await self._get(job_id)
         if final.state is JobState.CANCELLED:
             return final
         raise InvalidState(f"Snapshot job {job_id} ended in state {final.state.value} before it could be cancelled.")
@@ -317,15 +321,3 @@ class ClusterScheduler:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.notifications.close()
-
-
-def _cancelled(job: Job) -> Job:
-    return dataclasses.replace(
-        job,
-        state=JobState.CANCELLED,
-        code="",
-        images=(),
-        count=0,
-        finish_time=now(),
-        message="Cancelled by CancelSnapshotJob.",
-    )

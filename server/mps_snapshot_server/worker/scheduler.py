@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections import deque
 
@@ -18,10 +17,12 @@ from mps_snapshot_server.domain.errors import InvalidState, QueueFull, ServiceUn
 from mps_snapshot_server.domain.models import Job, JobState, Pipeline, PipelineState
 from mps_snapshot_server.domain.validation import ValidRequest
 from mps_snapshot_server.observability.logging import principal_var, set_job
-from mps_snapshot_server.service.jobs import JobService, now
-from mps_snapshot_server.service.pipelines import PipelineRegistry
+from mps_snapshot_server.observability.tracing import Tracing
+from mps_snapshot_server.store.ledger import JobLedger
+from mps_snapshot_server.worker.attempt import interrupted, run_attempt
 from mps_snapshot_server.worker.notify import NotificationService
-from mps_snapshot_server.worker.runner import JobRunner
+from mps_snapshot_server.worker.ports import Pipelines
+from mps_snapshot_server.worker.runner import JobRunner, now
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +103,17 @@ class Scheduler:
     def __init__(
         self,
         *,
-        jobs: JobService,
+        ledger: JobLedger,
         runner: JobRunner,
-        registry: PipelineRegistry,
+        registry: Pipelines,
         notifications: NotificationService,
+        tracing: Tracing,
         max_attempts: int,
-        retry_backoff_s: float = 2.0,
+        retry_backoff_s: float,
     ) -> None:
-        self.jobs = jobs
+        self.ledger = ledger
+        self.store = ledger.store
+        self.tracing = tracing
         self.runner = runner
         self.registry = registry
         self.notifications = notifications
@@ -124,9 +128,8 @@ class Scheduler:
         #: Who submitted each queued job, for its run's log lines (memory only: not after a restart).
         self._submitters: dict[str, str] = {}
         self._stopping = False
-        jobs.submit_async = self.submit
-        jobs.cancel_async = self.cancel
-        registry.listeners.append(self.on_pipeline_change)
+        #: Set whenever a job run ends here (drain() waits on it).
+        self._settled = asyncio.Event()
 
     async def start(self) -> None:
         for pipeline in self.registry.all():
@@ -136,7 +139,7 @@ class Scheduler:
     async def _recover(self) -> None:
         """Requeue what a previous process left: Submitted jobs, and Snapshoting ones that
         died mid-run (started again from the beginning, up to max_attempts)."""
-        for job in await self.jobs.store.jobs_in_states((JobState.SNAPSHOTING, JobState.SUBMITTED)):
+        for job in await self.store.jobs_in_states((JobState.SNAPSHOTING, JobState.SUBMITTED)):
             await self._requeue(job, notify=False)  # resend_pending sends what is owed
         self.notifications.resend_pending()
 
@@ -149,23 +152,12 @@ class Scheduler:
         started again (up to max_attempts)."""
         if job.state is JobState.SNAPSHOTING:
             if job.attempts >= self.max_attempts:
-                final = await self.jobs.save(
-                    dataclasses.replace(
-                        job,
-                        state=JobState.FAIL,
-                        code="InternalError",
-                        finish_time=now(),
-                        images=(),
-                        count=0,
-                        message=f"The job was interrupted on each of its {job.attempts} attempts (the server "
-                        "stopped or crashed while it ran); it will not be retried.",
-                        notify_pending=self.notifications.wanted(job),
-                    )
-                )
+                notify = bool(self.notifications.destination(job))
+                final = await self.ledger.save(interrupted(job, at=now(), notify=notify, where="the server"))
                 if notify:
                     self.notifications.job_finished(final)
                 return
-            job = await self.jobs.save(dataclasses.replace(job, state=JobState.SUBMITTED, images=(), count=0))
+            job = await self.ledger.save(job.requeued())
             log.info("job %s was interrupted on attempt %d; queued again", job.id, job.attempts)
         if job.state is JobState.SUBMITTED:
             self._runtime_of(job).queue.put_nowait(job.id)
@@ -189,7 +181,7 @@ class Scheduler:
         if self._stopping or job_id in self.running:
             return
         try:
-            job = await self.jobs.store.get_job(job_id)
+            job = await self.store.get_job(job_id)
             if job is None or job.state.finished:
                 self._cancel_requested.discard(job_id)  # cancelled while it waited
             else:
@@ -212,18 +204,18 @@ class Scheduler:
             )
         runtime.reserved += 1
         try:
-            await self.jobs.save(job)
+            await self.ledger.save(job)
         finally:
             runtime.reserved -= 1
         runtime.queue.put_nowait(job.id)
-        self.jobs.telemetry.tracing.remember_submit(job.id)
+        self.tracing.remember_submit(job.id)
         self._submitters[job.id] = principal_var.get()
         return job
 
     async def execute(self, job_id: str) -> None:
         """Run one queued job (called by a worker)."""
         try:
-            job = await self.jobs.store.get_job(job_id)
+            job = await self.store.get_job(job_id)
         except Exception as exc:
             log.warning("job %s could not be read (%s); will retry", job_id, exc)
             self._retry_later(job_id, 1)
@@ -253,6 +245,7 @@ class Scheduler:
             raise
         finally:
             self.running.pop(job_id, None)
+            self._settled.set()
         if final.state is JobState.SUBMITTED:
             self._retry_later(job_id, final.attempts)  # a service fault: run again after a backoff
             return
@@ -261,35 +254,16 @@ class Scheduler:
     async def _run(self, job: Job) -> Job:
         set_job(job.id, job.pipeline_id)  # this task's log context
         principal_var.set(self._submitters.pop(job.id, ""))
-        tracing = self.jobs.telemetry.tracing
-        parent, links = tracing.job_run_context(job.id)
-        with tracing.tracer.start_as_current_span(
-            "job.run",
-            context=parent,
-            links=links,
-            attributes={"mps.job_id": job.id, "mps.pipeline_id": job.pipeline_id, "mps.attempt": job.attempts + 1},
-        ) as span:
-            final = await self._attempt(job)
-            span.set_attribute("mps.job.state", final.state.value)
-            if final.code:
-                span.set_attribute("mps.job.code", final.code)
-            return final
-
-    async def _attempt(self, job: Job) -> Job:
-        job = await self.jobs.save(
-            dataclasses.replace(job, state=JobState.SNAPSHOTING, attempts=job.attempts + 1, code="", message="")
-        )
+        job = await self.ledger.save(job.started())
         try:
-            return await self.runner.run(job, retry=job.attempts < self.max_attempts)
+            return await run_attempt(self.runner, self.tracing, job, retry=job.attempts < self.max_attempts)
         except asyncio.CancelledError:
             if job.id in self._cancel_requested:
                 self._cancel_requested.discard(job.id)
-                await self.jobs.save(_cancelled(job))
+                await self.ledger.save(job.cancelled(at=now()))
             else:
                 # Shutdown: give the job back, as if this attempt had not started.
-                await self.jobs.save(
-                    dataclasses.replace(job, state=JobState.SUBMITTED, attempts=job.attempts - 1, images=(), count=0)
-                )
+                await self.ledger.save(job.requeued(count_attempt=False))
             raise
 
     async def cancel(self, job: Job) -> Job:
@@ -299,15 +273,32 @@ class Scheduler:
                 raise InvalidState(f"Snapshot job {job.id} is not running on this server and cannot be cancelled.")
             # Queued: the worker that dequeues it will skip it.
             self._cancel_requested.add(job.id)
-            return await self.jobs.save(_cancelled(job))
+            return await self.ledger.save(job.cancelled(at=now()))
         self._cancel_requested.add(job.id)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        final = await self.jobs.get(job.id)
-        if final.state is JobState.CANCELLED:
+        final = await self.store.get_job(job.id)
+        if final is not None and final.state is JobState.CANCELLED:
             return final
-        raise InvalidState(f"Snapshot job {job.id} ended in state {final.state.value} before it could be cancelled.")
+        state = final.state.value if final is not None else "unknown"
+        raise InvalidState(f"Snapshot job {job.id} ended in state {state} before it could be cancelled.")
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until nothing is queued, running or waiting out a backoff here (tests use it
+        instead of sleeping; like arq's burst mode)."""
+        async with asyncio.timeout(timeout):
+            while self._busy():
+                self._settled.clear()
+                # Woken when a job run ends; the timeout covers a queued job being picked up.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await self._settled.wait()
+
+    def _busy(self) -> bool:
+        return bool(
+            self.running or self._retries or self._resuming or any(r.waiting or r.busy for r in self.runtimes.values())
+        )
 
     async def on_pipeline_change(self, pipeline: Pipeline | None, pipeline_id: str) -> None:
         runtime = self.runtimes.get(pipeline_id)
@@ -342,15 +333,3 @@ class Scheduler:
         for runtime in list(self.runtimes.values()):
             await runtime.close()
         await self.notifications.close()
-
-
-def _cancelled(job: Job) -> Job:
-    return dataclasses.replace(
-        job,
-        state=JobState.CANCELLED,
-        code="",
-        images=(),
-        count=0,
-        finish_time=now(),
-        message="Cancelled by CancelSnapshotJob.",
-    )
