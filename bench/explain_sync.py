@@ -45,7 +45,7 @@ from mps_snapshot_server.media.argv import Encoding, ExactPoint, KeyPoint, Sourc
 from mps_snapshot_server.media.probe import MediaInfo, probe
 
 SECTION = "sync-breakdown"
-LIMITS = process.Limits(wall_seconds=bs.CALL_TIMEOUT_S)
+LIMITS = process.Limits(bs.CALL_TIMEOUT_S, cpu_seconds=600, address_space_bytes=4 * 1024**3)
 STEPS = ("ffmpeg", "put_file", "put_job", "server other", "gRPC + client")
 
 

@@ -54,9 +54,9 @@ def _timed(
 def install() -> None:
     from mps_snapshot_server.media import process
     from mps_snapshot_server.service import jobs
-    from mps_snapshot_server.worker import runner
     from mps_snapshot_server.storage.local import LocalStore
     from mps_snapshot_server.store.sqlite import SqliteStore
+    from mps_snapshot_server.worker import runner
 
     targets: list[tuple[object, str, str, Callable[..., str] | None]] = [
         (process, "run", "run", lambda argv, **_: Path(str(argv[0])).name),

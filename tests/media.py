@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import io
 import subprocess
@@ -11,6 +12,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from PIL import Image, ImageChops, ImageStat, UnidentifiedImageError
+
+from mps_snapshot_server.config import Settings
+from mps_snapshot_server.media import process
+from mps_snapshot_server.media.probe import ProbeLimits
 
 
 @dataclass(frozen=True)
@@ -126,3 +131,18 @@ def closest_frame(image: Image.Image, video: Path, candidates: list[int]) -> tup
         except UnidentifiedImageError:  # past the last frame: ffmpeg wrote nothing
             continue
     return min(diffs, key=lambda i: diffs[i]), diffs
+
+
+def ffmpeg_limits(wall_seconds: float) -> process.Limits:
+    """The limits the server's default settings give one ffmpeg or ffprobe run."""
+    s = Settings()
+    return process.Limits(wall_seconds, cpu_seconds=s.ffmpeg_cpu_s, address_space_bytes=s.ffmpeg_memory_mb * 1024**2)
+
+
+def probe_limits(**changes: int) -> ProbeLimits:
+    """What the server's default settings accept at probe time, with ``changes``."""
+    s = Settings()
+    limits = ProbeLimits(
+        max_streams=s.max_input_streams, max_pixels=s.max_input_pixels, max_duration_s=s.max_duration_s
+    )
+    return dataclasses.replace(limits, **changes)  # type: ignore[arg-type]

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from mps_snapshot_server.domain.errors import InvalidParameter
-from mps_snapshot_server.media import process
 from mps_snapshot_server.media.argv import (
     Encoding,
     ExactPoint,
@@ -40,7 +39,7 @@ from mps_snapshot_server.media.hardening import (
 )
 from mps_snapshot_server.media.probe import probe
 from mps_snapshot_server.storage.local import LocalStore
-from tests.media import make_video
+from tests.media import ffmpeg_limits, make_video, probe_limits
 
 # Demuxers that open other files or URLs, read image sequences, or take any bytes as a picture.
 FORBIDDEN_DEMUXERS = {
@@ -258,7 +257,7 @@ def test_ffprobe_reads_nasty_keys_as_plain_files(
     path.write_bytes(tiny().read_bytes())
     handle = asyncio.run(store.input_handle("bucket", key))
     info = asyncio.run(
-        probe("ffprobe", handle.url, handle.protocols, process.Limits(wall_seconds=20), cwd=str(tmp_path))
+        probe("ffprobe", handle.url, handle.protocols, ffmpeg_limits(20), probe_limits(), cwd=str(tmp_path))
     )
     assert (info.width, info.height) == (64, 48)
 

@@ -20,28 +20,39 @@ from tests.test_async_jobs import submit_request
 
 
 def test_sparse_points_become_seek_batches_spread_over_the_cores() -> None:
-    plan = plan_extraction([i * 6000.0 for i in range(100)], gop_s=2.0, frame_size=(1920, 1080), processes=2)
+    plan = plan_extraction(
+        [i * 6000.0 for i in range(100)], gop_s=2.0, frame_size=(1920, 1080), processes=2, budget_mb=300
+    )
     assert plan.mode is Mode.SEEK
     assert all(len(c.indexes) <= 3 for c in plan.chunks)
     assert [i for c in plan.chunks for i in c.indexes] == list(range(100))
-    small = plan_extraction([0.0, 6000.0, 12000.0], gop_s=2.0, frame_size=(1920, 1080), processes=2)
+    small = plan_extraction([0.0, 6000.0, 12000.0], gop_s=2.0, frame_size=(1920, 1080), processes=2, budget_mb=300)
     assert len(small.chunks) == 2  # both cores busy even for three points
 
 
 def test_dense_points_become_passes() -> None:
-    plan = plan_extraction([i * 1200.0 for i in range(100)], gop_s=2.0, frame_size=(1920, 1080), processes=2)
+    plan = plan_extraction(
+        [i * 1200.0 for i in range(100)], gop_s=2.0, frame_size=(1920, 1080), processes=2, budget_mb=300
+    )
     assert plan.mode is Mode.PASS and len(plan.chunks) == 2
     assert [i for c in plan.chunks for i in c.indexes] == list(range(100))
     assert (
         plan_extraction(
-            [i * 1200.0 for i in range(10)], gop_s=2.0, frame_size=(64, 36), processes=2, dense_allowed=False
+            [i * 1200.0 for i in range(10)],
+            gop_s=2.0,
+            frame_size=(64, 36),
+            processes=2,
+            dense_allowed=False,
+            budget_mb=300,
         ).mode
         is Mode.SEEK
     )
 
 
 def test_passes_stay_within_ffmpegs_expression_limit() -> None:
-    plan = plan_extraction([i * 600.0 for i in range(1000)], gop_s=2.0, frame_size=(160, 90), processes=2)
+    plan = plan_extraction(
+        [i * 600.0 for i in range(1000)], gop_s=2.0, frame_size=(160, 90), processes=2, budget_mb=300
+    )
     assert plan.mode is Mode.PASS
     assert max(len(c.indexes) for c in plan.chunks) <= 90
     assert [i for c in plan.chunks for i in c.indexes] == list(range(1000))
@@ -49,11 +60,11 @@ def test_passes_stay_within_ffmpegs_expression_limit() -> None:
 
 def test_batch_size_keeps_a_job_within_its_memory_budget() -> None:
     # 300 MB for the job's processes, two at once: 150 MB each, 43 MB of it the process itself.
-    assert batch_size(1920, 1080) == 3
-    assert batch_size(3840, 2160) == 1
-    assert batch_size(320, 180) == 16
-    assert batch_size(1920, 1080, processes=1) == 8
-    assert batch_size(1920, 1080, budget_mb=600) == 8
+    assert batch_size(1920, 1080, processes=2, budget_mb=300) == 3
+    assert batch_size(3840, 2160, processes=2, budget_mb=300) == 1
+    assert batch_size(320, 180, processes=2, budget_mb=300) == 16
+    assert batch_size(1920, 1080, processes=1, budget_mb=300) == 8
+    assert batch_size(1920, 1080, processes=2, budget_mb=600) == 8
 
 
 def test_batch_argv_and_showinfo_mapping(tmp_path: Path) -> None:
@@ -204,16 +215,16 @@ def test_keyframe_plan_passes_dense_keyframes_and_seeks_sparse_ones() -> None:
 
     index = [i * 2.0 for i in range(300)]
     # Every keyframe wanted: keyframe-only passes, one per core, each within the expression limit.
-    every = plan_keyframes(index[:200], index, frame_size=(1920, 1080), processes=2, duration_s=600)
+    every = plan_keyframes(index[:200], index, frame_size=(1920, 1080), processes=2, duration_s=600, budget_mb=300)
     assert {c.mode for c in every.chunks} == {Mode.KEYPASS}
     assert len(every.chunks) == 3 and max(len(c.indexes) for c in every.chunks) <= 90
     assert [i for c in every.chunks for i in c.indexes] == list(range(200))
     # One keyframe in three (6-s steps, 2-s GOP), 10-minute file: decoding all of them is cheaper
     # than opening the input for each one.
-    third = plan_keyframes(index[::3], index, frame_size=(1920, 1080), processes=2, duration_s=600)
+    third = plan_keyframes(index[::3], index, frame_size=(1920, 1080), processes=2, duration_s=600, budget_mb=300)
     assert {c.mode for c in third.chunks} == {Mode.KEYPASS}
     # A few keyframes far apart: seeks, batched within the memory budget.
-    sparse = plan_keyframes(index[::30], index, frame_size=(1920, 1080), processes=2, duration_s=600)
+    sparse = plan_keyframes(index[::30], index, frame_size=(1920, 1080), processes=2, duration_s=600, budget_mb=300)
     assert {c.mode for c in sparse.chunks} == {Mode.SEEK}
     assert [i for c in sparse.chunks for i in c.indexes] == list(range(10))
 

@@ -40,6 +40,7 @@ from mps_snapshot_server.media.probe import ProbeLimits, _first_error, parse_pro
 from mps_snapshot_server.storage.base import ObjectInfo
 from tests import hostile
 from tests.conftest import put
+from tests.media import ffmpeg_limits, probe_limits
 from tests.test_async_jobs import live_ffmpeg, submit_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,12 +250,13 @@ async def test_the_corpus_is_hostile_to_an_unhardened_ffprobe(hx: Hostile, tmp_p
                 "ffprobe",
                 f"{served_url}/video.mp4",
                 ("http", "tcp"),
-                process.Limits(wall_seconds=20),
+                ffmpeg_limits(20),
+                probe_limits(),
                 cwd=str(tmp_path),
             )
         assert internal.connections == seen
         with pytest.raises(ResourceContentBad, match=r"format \(hls\)"):
-            await probe("ffprobe", f"file:{local}", ("file",), process.Limits(wall_seconds=20), cwd=str(tmp_path))
+            await probe("ffprobe", f"file:{local}", ("file",), ffmpeg_limits(20), probe_limits(), cwd=str(tmp_path))
     finally:
         await served.stop()
         await internal.stop()
@@ -364,7 +366,7 @@ def test_probe_limits_name_the_limit_and_the_value() -> None:
     with pytest.raises(
         ResourceContentBad, match=r"9000x9000 \(81000000 pixels\), more than the server's limit of 67108864"
     ):
-        parse_probe(zero, ProbeLimits(max_pixels=10**9), log)
+        parse_probe(zero, probe_limits(max_pixels=10**9), log)
 
 
 def test_probe_errors_never_carry_paths_or_urls() -> None:
@@ -523,7 +525,8 @@ async def test_runs_die_with_the_server() -> None:
         "import asyncio, sys\n"
         "from mps_snapshot_server.media import process\n"
         "async def main():\n"
-        f"    task = asyncio.create_task(process.run(['sleep', '{marker}'], limits=process.Limits(wall_seconds=60)))\n"
+        "    limits = process.Limits(60, cpu_seconds=60, address_space_bytes=2**32)\n"
+        f"    task = asyncio.create_task(process.run(['sleep', '{marker}'], limits=limits))\n"
         "    await asyncio.sleep(0.3)\n"
         "    print('ready', flush=True)\n"
         "    await task\n"

@@ -29,10 +29,9 @@ from mps_snapshot_client import MpsApiError, SnapshotClient
 from mps_snapshot_client.api import resources_pb2 as res
 from mps_snapshot_client.api import snapshot_service_pb2 as sps
 from mps_snapshot_server.app import App
-from mps_snapshot_server.config import StorageRoute, load
+from mps_snapshot_server.config import Settings, StorageRoute, load
 from mps_snapshot_server.domain.errors import PermissionDenied, ResourceNotFound, TransientError
 from mps_snapshot_server.media import probe as probe_mod
-from mps_snapshot_server.media import process
 from mps_snapshot_server.storage.s3 import S3Options, S3Store
 from tests.media import Video, closest_frame, ffmpeg
 from tests.s3util import CountingProxy, FaultProxy, MotoServer
@@ -43,6 +42,11 @@ S3_LOC = "s3-cn-test"  # through the fault proxy
 BIG_LOC = "big-cn-test"  # through the counting proxy
 TINY_LOC = "tiny-cn-test"  # max_input_bytes = 1000
 LOCAL_LOC = "oss-cn-hangzhou"  # the embedded storage
+
+
+def _s3_options(label: str = "", **fields: Any) -> S3Options:
+    """A store's options as a configured route would give them."""
+    return S3Options.from_route(StorageRoute(location=label, kind="s3", **fields), Settings().max_input_bytes)
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -469,7 +473,7 @@ async def test_async_job_through_mixed_faults_succeeds_whole(
 @pytest_asyncio.fixture
 async def store(faulty: FaultProxy) -> AsyncIterator[S3Store]:
     s = S3Store(
-        S3Options(
+        _s3_options(
             endpoint_url=faulty.endpoint,
             access_key_id=ACCESS_KEY,
             secret_access_key=SECRET,
@@ -547,7 +551,7 @@ async def test_head_input_handle_and_delete(store: S3Store, admin: Any, s3_bucke
     await store.delete("s3t-no-such-bucket", "a/b.mp4")
     with pytest.raises(ResourceNotFound):
         await store.head(s3_bucket, "a/b.mp4")
-    https = S3Options(endpoint_url="https://s3.example.com", presign_expiry_s=60)
+    https = _s3_options(endpoint_url="https://s3.example.com", presign_expiry_s=60)
     assert https.protocols == ("https", "tls", "tcp")
 
 
@@ -562,7 +566,7 @@ async def test_credentials_from_environment_and_profiles_by_role(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     await admin.put_object(Bucket=s3_bucket, Key="k.mp4", Body=b"z" * 10)
     store = S3Store(
-        S3Options(
+        _s3_options(
             endpoint_url=faulty.endpoint,
             profiles_by_role=(("acs:ram::1:role/reader", "reader"),),
             label="s3-*",
@@ -586,7 +590,7 @@ async def test_credentials_from_environment_and_profiles_by_role(
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    nothing = S3Store(S3Options(endpoint_url=faulty.endpoint, label="s3-*"))
+    nothing = S3Store(_s3_options(endpoint_url=faulty.endpoint, label="s3-*"))
     with pytest.raises(ValueError, match="no S3 credentials found"):
         await nothing.open()
 
@@ -679,7 +683,9 @@ async def test_snapshot_near_the_end_of_a_big_object_reads_under_one_percent(
     handle = await store.input_handle(bucket, key)
     # The probe alone (the job's own probe comes out of the same numbers, see below).
     counting.reset()
-    info = await probe_mod.probe(s3_app.engine.ffprobe, handle.url, handle.protocols, process.Limits(60.0))
+    info = await probe_mod.probe(
+        s3_app.engine.ffprobe, handle.url, handle.protocols, s3_app.engine.limits(60.0), s3_app.engine.probe_limits
+    )
     probe = counting.reset()
     assert info.duration_s > 399
     # The whole job: HEAD, probe, snapshot (one frame after a keyframe 4 s before the end), PUT.

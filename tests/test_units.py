@@ -30,6 +30,7 @@ from mps_snapshot_server.media.hardening import FORMAT_WHITELIST
 from mps_snapshot_server.media.probe import parse_probe
 from mps_snapshot_server.rpc.errors import ERROR_TABLE, status_for
 from mps_snapshot_server.store import codec
+from tests.media import probe_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +162,8 @@ def test_probe_parsing() -> None:
     info = parse_probe(
         b'{"streams":[{"codec_type":"audio"},{"codec_type":"video","width":1920,"height":1080,'
         b'"avg_frame_rate":"30000/1001","duration":"12.5","side_data_list":[{"rotation":-90}],'
-        b'"codec_name":"h264"}],"format":{"format_name":"mov","start_time":"0.5"}}'
+        b'"codec_name":"h264"}],"format":{"format_name":"mov","start_time":"0.5"}}',
+        probe_limits(),
     )
     assert info.display_size == (1080, 1920) and info.duration_s == 12.5 and info.start_time_s == 0.5
     assert round(info.frame_duration_s, 6) == 0.033367
@@ -169,17 +171,18 @@ def test_probe_parsing() -> None:
     # ends 0.5 s after its own duration; no duration at all is 0 (read from the packets later).
     late = parse_probe(
         b'{"streams":[{"codec_type":"video","width":8,"height":8,"start_time":"1.0","duration":"2.0"}],'
-        b'"format":{"start_time":"0.5","duration":"2.5"}}'
+        b'"format":{"start_time":"0.5","duration":"2.5"}}',
+        probe_limits(),
     )
     assert late.duration_s == 2.5 and late.start_time_s == 0.5
-    unknown = parse_probe(b'{"streams":[{"codec_type":"video","width":8,"height":8}],"format":{}}')
+    unknown = parse_probe(b'{"streams":[{"codec_type":"video","width":8,"height":8}],"format":{}}', probe_limits())
     assert unknown.duration_s == 0.0
     for bad, why in [
         (b'{"streams":[{"codec_type":"audio"}]}', "no video stream"),
         (b"not json", "could not be probed"),
     ]:
         with pytest.raises(Exception, match=why):
-            parse_probe(bad)
+            parse_probe(bad, probe_limits())
 
 
 def test_error_table() -> None:

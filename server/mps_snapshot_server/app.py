@@ -167,23 +167,7 @@ class App:
             Route(r.pattern, ObservedStore(r.store, backends.get(id(r.store), "s3"), self.telemetry))
             for r in self.router.routes
         ]
-        self.engine = MediaEngine(
-            ffmpeg=s.resolved_ffmpeg(),
-            local_ffmpeg=s.resolved_local_ffmpeg(),
-            ffprobe=s.resolved_ffprobe(),
-            tmp_dir=s.tmp_dir,
-            max_processes=s.max_ffmpeg_processes,
-            cpu_seconds=s.ffmpeg_cpu_s,
-            memory_bytes=s.ffmpeg_memory_mb * 1024 * 1024,
-            max_image_bytes=s.max_image_bytes,
-            probe_cache_entries=s.probe_cache_entries,
-            max_input_streams=s.max_input_streams,
-            max_input_pixels=s.max_input_pixels,
-            max_duration_s=s.max_duration_s,
-            sync_reserved=s.sync_reserved_processes,
-            telemetry=self.telemetry,
-            job_memory_mb=s.job_memory_mb,
-        )
+        self.engine = MediaEngine.from_settings(s, self.telemetry)
         self.engine.sweep()
         self.pipelines = PipelineRegistry(
             self.store, default_max_jobs=s.pipeline_max_concurrent_jobs, default_capacity=s.pipeline_queue_capacity

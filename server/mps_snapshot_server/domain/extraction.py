@@ -57,7 +57,6 @@ class ExtractionPlan:
 
 #: Memory of the ffmpeg processes of one job, summed (``job_memory_mb``): seek batches are
 #: sized so that all the job's processes running at once stay within it.
-JOB_MEMORY_MB = 300.0
 #: Measured peak RSS of seek batches (Debian ffmpeg 5.1, 1080p H.264, ``-threads 1`` per
 #: input; 1, 4 and 8 inputs: 72, 180 and 306 MB with 1080p JPEGs out, about 105 MB for 16
 #: inputs with 160x90 cells out): a fixed part per process (the binary and its ~215 shared
@@ -80,7 +79,7 @@ def input_mb(width: int, height: int) -> float:
     return INPUT_BASE_MB + INPUT_MB_AT_1080P * max(1, width * height) / (1920 * 1080)
 
 
-def batch_size(width: int, height: int, *, processes: int = 2, budget_mb: float = JOB_MEMORY_MB) -> int:
+def batch_size(width: int, height: int, *, processes: int, budget_mb: float) -> int:
     """Points per seek batch: as many as fit the job's memory budget when ``processes``
     batches run at once (never more than MAX_BATCH)."""
     per_process = budget_mb / max(1, processes) - PROCESS_BASE_MB
@@ -94,7 +93,7 @@ def plan_keyframes(
     frame_size: tuple[int, int],
     processes: int,
     duration_s: float,
-    budget_mb: float = JOB_MEMORY_MB,
+    budget_mb: float,
     only_chosen: bool = False,
 ) -> ExtractionPlan:
     """Group the keyframes an intra job keeps (``keys_s``: distinct, ascending, chosen from
@@ -141,7 +140,7 @@ def plan_extraction(
     frame_size: tuple[int, int],
     processes: int,
     dense_allowed: bool = True,
-    budget_mb: float = JOB_MEMORY_MB,
+    budget_mb: float,
 ) -> ExtractionPlan:
     """Group a job's points (in time order) into ffmpeg runs."""
     n = len(times_ms)

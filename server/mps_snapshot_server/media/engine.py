@@ -19,6 +19,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 
+from mps_snapshot_server.config import Settings
 from mps_snapshot_server.domain.models import FrameType, SmartPick
 from mps_snapshot_server.media import animate, capture, picks, process
 from mps_snapshot_server.media import probe as probe_mod
@@ -111,14 +112,14 @@ class MediaEngine:
         max_input_pixels: int,
         max_duration_s: float,
         sync_reserved: int,
-        telemetry: Telemetry | None = None,
-        job_memory_mb: float = 300.0,
-        local_ffmpeg: str | None = None,
+        telemetry: Telemetry,
+        job_memory_mb: float,
+        local_ffmpeg: str,
     ) -> None:
-        self.telemetry = telemetry or Telemetry()
+        self.telemetry = telemetry
         self.ffmpeg = ffmpeg
         #: The ffmpeg that decodes local files (settings.local_ffmpeg).
-        self.local_ffmpeg = local_ffmpeg or ffmpeg
+        self.local_ffmpeg = local_ffmpeg
         self.ffprobe = ffprobe
         # Absolute: ffmpeg runs with its work folder as cwd, so a relative data_dir would break paths.
         self.tmp_dir = tmp_dir
@@ -146,6 +147,27 @@ class MediaEngine:
         self.peak_running = 0
         #: Processes started so far (tests use it to prove validation starts none).
         self.started = 0
+
+    @classmethod
+    def from_settings(cls, s: Settings, telemetry: Telemetry) -> MediaEngine:
+        """The engine the settings describe (their defaults are the only ones)."""
+        return cls(
+            ffmpeg=s.resolved_ffmpeg(),
+            local_ffmpeg=s.resolved_local_ffmpeg(),
+            ffprobe=s.resolved_ffprobe(),
+            tmp_dir=s.tmp_dir,
+            max_processes=s.max_ffmpeg_processes,
+            cpu_seconds=s.ffmpeg_cpu_s,
+            memory_bytes=s.ffmpeg_memory_mb * 1024 * 1024,
+            max_image_bytes=s.max_image_bytes,
+            probe_cache_entries=s.probe_cache_entries,
+            max_input_streams=s.max_input_streams,
+            max_input_pixels=s.max_input_pixels,
+            max_duration_s=s.max_duration_s,
+            sync_reserved=s.sync_reserved_processes,
+            telemetry=telemetry,
+            job_memory_mb=s.job_memory_mb,
+        )
 
     def sweep(self) -> None:
         """Remove work folders a crashed server left behind."""

@@ -27,10 +27,10 @@ class ProbeLimits:
     """What the server accepts from an input (settings max_input_streams, max_input_pixels,
     max_duration_s). ffmpeg's own ``-max_pixels`` (hardening.MAX_PIXELS) stays the ceiling."""
 
-    max_streams: int = 32
-    max_pixels: int = 8192 * 8192
+    max_streams: int
+    max_pixels: int
     #: 0: no limit.
-    max_duration_s: float = 0.0
+    max_duration_s: float
 
     @property
     def pixels(self) -> int:
@@ -148,13 +148,12 @@ def _duration(video: dict[str, Any], fmt: dict[str, Any], origin: float) -> floa
     return container if math.isfinite(container) and container > 0 else 0.0
 
 
-def parse_probe(output: bytes, limits: ProbeLimits | None = None, stderr: str = "") -> MediaInfo:
+def parse_probe(output: bytes, limits: ProbeLimits, stderr: str = "") -> MediaInfo:
     """Turn ffprobe's JSON into MediaInfo, or say exactly why the file is unusable.
 
     ``stderr`` is ffprobe's log: when ``-max_pixels`` refused the picture, ffprobe reports
     the size as 0x0 and only the log tells the real size.
     """
-    limits = limits or ProbeLimits()
     try:
         doc = json.loads(output or b"{}")
     except ValueError:
@@ -221,7 +220,7 @@ async def probe(
     url: str,
     protocols: tuple[str, ...],
     limits: process.Limits,
-    checks: ProbeLimits | None = None,
+    checks: ProbeLimits,
     *,
     cwd: str | None = None,
 ) -> MediaInfo:

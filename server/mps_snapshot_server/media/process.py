@@ -26,8 +26,9 @@ class Limits:
     """Per-process bounds. Memory is address space (RLIMIT_AS), CPU is seconds (RLIMIT_CPU)."""
 
     wall_seconds: float
-    cpu_seconds: int = 600
-    address_space_bytes: int = 4 * 1024**3
+    #: From the settings ffmpeg_cpu_s and ffmpeg_memory_mb.
+    cpu_seconds: int
+    address_space_bytes: int
     file_size_bytes: int = 512 * 1024**2
     open_files: int = 256
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import inspect
@@ -58,51 +59,27 @@ _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
 
 @dataclass(frozen=True)
 class S3Options:
-    """One S3 endpoint with one set of credentials. Equal options share one store."""
+    """One S3 endpoint with one set of credentials: a storage route's S3 settings (each
+    defined once, in config.StorageRoute; the route's Location aside) and the input size
+    limit that applies. Equal options share one store."""
 
-    endpoint_url: str = ""
-    region: str = "us-east-1"
-    addressing_style: str = "path"
-    access_key_id: str = field(default="", repr=False)
-    secret_access_key: str = field(default="", repr=False)
-    session_token: str = field(default="", repr=False)
-    profile: str = ""
-    profiles_by_role: tuple[tuple[str, str], ...] = ()
-    presign_expiry_s: int = 900
-    max_input_bytes: int = 100 * 1024**3
-    multipart_threshold_bytes: int = 8 * 1024 * 1024
-    multipart_part_bytes: int = 8 * 1024 * 1024
-    max_attempts: int = 5
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
+    route: StorageRoute
+    max_input_bytes: int
     #: Where the store is used (the route patterns), for error messages only.
     label: str = field(default="", compare=False)
 
     @classmethod
     def from_route(cls, route: StorageRoute, default_max_input_bytes: int) -> S3Options:
         return cls(
-            endpoint_url=route.endpoint_url,
-            region=route.region,
-            addressing_style=route.addressing_style,
-            access_key_id=route.access_key_id,
-            secret_access_key=route.secret_access_key,
-            session_token=route.session_token,
-            profile=route.profile,
-            profiles_by_role=tuple(route.profiles_by_role),
-            presign_expiry_s=route.presign_expiry_s,
-            max_input_bytes=route.max_input_bytes or default_max_input_bytes,
-            multipart_threshold_bytes=route.multipart_threshold_bytes,
-            multipart_part_bytes=route.multipart_part_bytes,
-            max_attempts=route.max_attempts,
-            connect_timeout_s=route.connect_timeout_s,
-            read_timeout_s=route.read_timeout_s,
+            dataclasses.replace(route, location="*"),
+            route.max_input_bytes or default_max_input_bytes,
             label=route.location,
         )
 
     @property
     def protocols(self) -> tuple[str, ...]:
         """What ffmpeg needs to read a presigned URL of this endpoint, and nothing more."""
-        if self.endpoint_url.lower().startswith("http://"):
+        if self.route.endpoint_url.lower().startswith("http://"):
             return ("http", "tcp")
         return ("https", "tls", "tcp")
 
@@ -149,7 +126,7 @@ class S3Store:
 
     def _profiles(self) -> list[str]:
         """ "" is the route's own credentials; the others come from profiles_by_role."""
-        return ["", *sorted({profile for _, profile in self.options.profiles_by_role})]
+        return ["", *sorted({profile for _, profile in self.options.route.profiles_by_role})]
 
     async def open(self) -> None:
         """Create the sessions and clients and check that credentials can be found."""
@@ -157,10 +134,10 @@ class S3Store:
         o = self.options
         config = AioConfig(
             signature_version="s3v4",
-            s3={"addressing_style": o.addressing_style},
-            retries={"mode": "standard", "total_max_attempts": max(1, o.max_attempts)},
-            connect_timeout=o.connect_timeout_s,
-            read_timeout=o.read_timeout_s,
+            s3={"addressing_style": o.route.addressing_style},
+            retries={"mode": "standard", "total_max_attempts": max(1, o.route.max_attempts)},
+            connect_timeout=o.route.connect_timeout_s,
+            read_timeout=o.route.read_timeout_s,
             # Only the checksums S3 requires: many S3-compatible stores reject the newer
             # aws-chunked trailing checksums. Uploads carry Content-MD5 instead.
             request_checksum_calculation="when_required",
@@ -174,10 +151,12 @@ class S3Store:
                     credentials = await credentials
                 if credentials is None:
                     raise ValueError(
-                        f"storage route {o.label!r}: no S3 credentials found; set access_key_id and "
+                        f"storage route {self.options.label!r}: no S3 credentials found; set access_key_id and "
                         "secret_access_key, a profile, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
                     )
-                client = session.client("s3", endpoint_url=o.endpoint_url or None, region_name=o.region, config=config)
+                client = session.client(
+                    "s3", endpoint_url=o.route.endpoint_url or None, region_name=o.route.region, config=config
+                )
                 self._clients[profile] = await self._stack.enter_async_context(client)
         except BaseException:
             await self._stack.aclose()
@@ -188,22 +167,23 @@ class S3Store:
         o = self.options
         try:
             if profile:
-                return aioboto3.Session(profile_name=profile, region_name=o.region)
-            if o.access_key_id or o.secret_access_key:
-                if not (o.access_key_id and o.secret_access_key):
+                return aioboto3.Session(profile_name=profile, region_name=o.route.region)
+            if o.route.access_key_id or o.route.secret_access_key:
+                if not (o.route.access_key_id and o.route.secret_access_key):
                     raise ValueError(
-                        f"storage route {o.label!r}: set both access_key_id and secret_access_key, or neither"
+                        f"storage route {self.options.label!r}: set both access_key_id and secret_access_key, "
+                        "or neither"
                     )
                 return aioboto3.Session(
-                    aws_access_key_id=o.access_key_id,
-                    aws_secret_access_key=o.secret_access_key,
-                    aws_session_token=o.session_token or None,
-                    region_name=o.region,
+                    aws_access_key_id=o.route.access_key_id,
+                    aws_secret_access_key=o.route.secret_access_key,
+                    aws_session_token=o.route.session_token or None,
+                    region_name=o.route.region,
                 )
-            return aioboto3.Session(profile_name=o.profile or None, region_name=o.region)
+            return aioboto3.Session(profile_name=o.route.profile or None, region_name=o.route.region)
         except BotoCoreError as exc:  # ProfileNotFound and friends: name the profile, not secrets
             raise ValueError(
-                f"storage route {o.label!r}: {type(exc).__name__} for profile {profile or o.profile!r}"
+                f"storage route {self.options.label!r}: {type(exc).__name__} for profile {profile or o.route.profile!r}"
             ) from None
 
     async def close(self) -> None:
@@ -231,9 +211,9 @@ class S3Store:
         An empty RoleArn, or any RoleArn on a store without ``profiles_by_role``, uses the
         route's own credentials. A RoleArn the mapping does not name is refused.
         """
-        if not role_arn or not self.options.profiles_by_role:
+        if not role_arn or not self.options.route.profiles_by_role:
             return self
-        profile = dict(self.options.profiles_by_role).get(role_arn)
+        profile = dict(self.options.route.profiles_by_role).get(role_arn)
         if profile is None:
             raise PermissionDenied(
                 f"RoleArn {role_arn!r} is not configured for the storage of Location {self.options.label!r}; "
@@ -283,7 +263,7 @@ class S3Store:
             return ResourceNotFound(f"Object {key!r} does not exist in bucket {bucket!r}; upload it first.")
         if status >= 500 or code in _BUSY_CODES:
             return TransientError(
-                f"{self._where()} kept failing ({what}) after {self.options.max_attempts} attempts to "
+                f"{self._where()} kept failing ({what}) after {self.options.route.max_attempts} attempts to "
                 f"{verb} {key!r}; retry later."
             )
         return InternalError(f"{self._where()} refused to {verb} {key!r} in bucket {bucket!r} ({what}).")
@@ -292,7 +272,7 @@ class S3Store:
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return PermissionDenied(f"No credentials are available for {self._where()}; configure them.")
         return TransientError(
-            f"{self._where()} could not be reached ({type(exc).__name__}) after {self.options.max_attempts} "
+            f"{self._where()} could not be reached ({type(exc).__name__}) after {self.options.route.max_attempts} "
             f"attempts to {verb} {key!r}; retry later."
         )
 
@@ -381,7 +361,7 @@ class _Bound:
 
     async def input_handle(self, bucket: str, key: str) -> InputHandle:
         url = await self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.store.options.presign_expiry_s
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.store.options.route.presign_expiry_s
         )
         return InputHandle(url=url, protocols=self.store.options.protocols)
 
@@ -389,7 +369,7 @@ class _Bound:
         store = self.store
         size = (await asyncio.to_thread(path.stat)).st_size
         try:
-            if size < store.options.multipart_threshold_bytes:
+            if size < store.options.route.multipart_threshold_bytes:
                 await self._put_single(bucket, key, path, content_type)
             else:
                 await self._put_multipart(bucket, key, path, size, content_type)
@@ -415,7 +395,7 @@ class _Bound:
 
     async def _put_multipart(self, bucket: str, key: str, path: Path, size: int, content_type: str) -> None:
         client, store = self.client, self.store
-        part_size = max(store.options.multipart_part_bytes, math.ceil(size / MAX_PARTS))
+        part_size = max(store.options.route.multipart_part_bytes, math.ceil(size / MAX_PARTS))
         loop = asyncio.get_running_loop()
         started = loop.time()
         created = await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)
