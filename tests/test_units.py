@@ -195,6 +195,15 @@ def test_error_table() -> None:
     assert status_for("SomethingNew") == grpc.StatusCode.INTERNAL
 
 
+def test_every_error_code_has_its_status_in_the_table() -> None:
+    """No fixed code falls through to the INTERNAL default by accident."""
+    from mps_snapshot_server.domain.errors import ErrorCode
+    from mps_snapshot_server.rpc.errors import _entry
+
+    unmapped = [code.value for code in ErrorCode if _entry(code) is None]
+    assert unmapped == []
+
+
 def test_docs_list_every_error_in_the_table() -> None:
     doc = (ROOT / "docs" / "errors.md").read_text()
     rows = dict(re.findall(r"^\| `([^`]+)` \| `([A-Z_]+)` \|", doc, re.MULTILINE))

@@ -39,7 +39,7 @@ from mps_snapshot_server.service.pipelines import PipelineRegistry
 from mps_snapshot_server.storage.base import ObjectStore
 from mps_snapshot_server.storage.local import LocalStore
 from mps_snapshot_server.storage.router import StorageRouter
-from mps_snapshot_server.store.sqlite import JobFilter
+from mps_snapshot_server.store.base import JobQuery
 
 STATIC = Path(__file__).parent / "static"
 PAGE_SIZE = 25
@@ -176,7 +176,7 @@ def add_routes(app: web.Application, console: Console) -> None:
         token = request.query.get("page", "")
         try:
             jobs, _, next_token = await console.jobs.query(
-                [], flt=JobFilter(state=state, pipeline_id=pipeline), page_size=PAGE_SIZE, token=token
+                [], flt=JobQuery(state=state, pipeline_id=pipeline), page_size=PAGE_SIZE, token=token
             )
         except MpsError as exc:
             raise web.HTTPBadRequest(text=exc.message) from None

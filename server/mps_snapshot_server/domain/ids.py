@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import uuid
-
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
 def new_id() -> str:
@@ -14,7 +11,3 @@ def new_id() -> str:
 
 def new_request_id() -> str:
     return str(uuid.uuid4()).upper()
-
-
-def is_id(text: str) -> bool:
-    return bool(_HEX32.match(text))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-from mps_snapshot_server.domain.errors import InvalidParameter
+from mps_snapshot_server.domain.errors import ErrorCode, InvalidParameter
 
 MAX_KEY_BYTES = 1024
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -18,7 +18,7 @@ def check_bucket(bucket: str, field: str) -> None:
             field,
             f"Bucket {bucket!r} is invalid: use 3-63 lowercase letters, digits and hyphens, "
             "starting and ending with a letter or digit.",
-            code="InvalidParameter.BucketNameInvalid",
+            code=ErrorCode.INVALID_PARAMETER_BUCKET_NAME_INVALID,
         )
 
 
@@ -28,7 +28,7 @@ def check_location(location: str, field: str) -> None:
             field,
             f"Location {location!r} is invalid: use up to 64 letters, digits, dots, "
             "underscores and hyphens (for example oss-cn-hangzhou).",
-            code="InvalidParameter.LocationInvalid",
+            code=ErrorCode.INVALID_PARAMETER_LOCATION_INVALID,
         )
 
 
@@ -40,7 +40,7 @@ def decode_key(encoded: str, field: str) -> str:
         raise InvalidParameter.field(
             field,
             "Object is not valid URL-encoded UTF-8; encode the key with percent-encoding of its UTF-8 bytes.",
-            code="InvalidParameter.ObjectKeyInvalid",
+            code=ErrorCode.INVALID_PARAMETER_OBJECT_KEY_INVALID,
         ) from None
     check_key(key, field)
     return key
@@ -50,7 +50,9 @@ def check_key(key: str, field: str) -> None:
     problem = key_problem(key)
     if problem:
         raise InvalidParameter.field(
-            field, f"Object key {key[:200]!r} is invalid: {problem}.", code="InvalidParameter.ObjectKeyInvalid"
+            field,
+            f"Object key {key[:200]!r} is invalid: {problem}.",
+            code=ErrorCode.INVALID_PARAMETER_OBJECT_KEY_INVALID,
         )
 
 

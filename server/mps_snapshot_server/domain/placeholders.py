@@ -6,7 +6,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from mps_snapshot_server.domain.errors import InvalidParameter
+from mps_snapshot_server.domain.errors import ErrorCode, InvalidParameter
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z]+)\}")
 _INPUT_PARTS = ("ObjectPrefix", "FileName", "ExtName")
@@ -59,7 +59,7 @@ def parse_output_name(template: str, field: str, allowed: frozenset[str]) -> Out
             raise InvalidParameter.field(
                 field,
                 f"Placeholder {{{name}}} exists only in MPS media workflows; remove it.",
-                code="InvalidParameter.ObjectKeyInvalid",
+                code=ErrorCode.INVALID_PARAMETER_OBJECT_KEY_INVALID,
             )
         if name not in allowed:
             raise InvalidParameter.field(
@@ -67,7 +67,7 @@ def parse_output_name(template: str, field: str, allowed: frozenset[str]) -> Out
                 f"Unknown placeholder {{{name}}} in Object; use "
                 + ", ".join("{" + a + "}" for a in sorted(allowed))
                 + ".",
-                code="InvalidParameter.ObjectKeyInvalid",
+                code=ErrorCode.INVALID_PARAMETER_OBJECT_KEY_INVALID,
             )
     return OutputName(template)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mps_snapshot_server.domain import percent
-from mps_snapshot_server.domain.errors import InvalidParameter, ResourceContentBad
+from mps_snapshot_server.domain.errors import ErrorCode, InvalidParameter, ResourceContentBad
 from mps_snapshot_server.domain.models import SnapshotConfig
 from mps_snapshot_server.domain.validation import DEFAULT_INTERVAL_S, MAX_NUM
 
@@ -67,7 +67,7 @@ def plan(config: SnapshotConfig, duration_s: float) -> Plan:
             raise InvalidParameter(
                 f"TimeArray greater than video duration: {late[0]:g} ms is at or past the end of the video, "
                 f"which is {round(duration_ms)} ms long; remove the points past the end.",
-                code="InvalidParameter.TimeArray",
+                code=ErrorCode.INVALID_PARAMETER_TIME_ARRAY,
             )
         # Explicit points each get an image: intra takes the nearest keyframe, however far.
         return Plan(tuple(Point(p, None) for p in points), None, 0)

@@ -12,7 +12,7 @@ import math
 import posixpath
 from dataclasses import dataclass
 
-from mps_snapshot_server.domain.errors import InvalidParameter
+from mps_snapshot_server.domain.errors import ErrorCode, InvalidParameter
 from mps_snapshot_server.domain.models import TileOut
 from mps_snapshot_server.domain.percent import auto_grid
 from mps_snapshot_server.domain.validation import DEFAULT_GRID
@@ -86,7 +86,7 @@ def check_size(lay: Layout, max_pixels: int) -> None:
             "snapshot_config.tile_out",
             f"The sprite would be {lay.width}x{lay.height} px; JPEG allows at most {JPEG_MAX_SIDE} px a side. "
             "Use fewer Lines/Columns or a smaller CellWidth/CellHeight.",
-            code="InvalidParameter.OutOfRange",
+            code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE,
         )
     if lay.width * lay.height > max_pixels:
         raise InvalidParameter.field(
@@ -94,7 +94,7 @@ def check_size(lay: Layout, max_pixels: int) -> None:
             f"The sprite would be {lay.width}x{lay.height} px ({lay.width * lay.height / 1e6:.0f} MP), over this "
             f"server's limit of {max_pixels / 1e6:.0f} MP. Set a smaller CellWidth/CellHeight (cells default to "
             "the snapshot size) or fewer Lines/Columns.",
-            code="InvalidParameter.OutOfRange",
+            code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE,
         )
 
 

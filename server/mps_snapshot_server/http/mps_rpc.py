@@ -31,7 +31,14 @@ from google.protobuf.message import Message
 from mps_snapshot_client import mps_json
 from mps_snapshot_client.api import pipeline_service_pb2 as pps
 from mps_snapshot_client.api import snapshot_service_pb2 as sps
-from mps_snapshot_server.domain.errors import InternalError, InvalidParameter, MpsError, Throttled, Unauthenticated
+from mps_snapshot_server.domain.errors import (
+    ErrorCode,
+    InternalError,
+    InvalidParameter,
+    MpsError,
+    Throttled,
+    Unauthenticated,
+)
 from mps_snapshot_server.domain.ids import new_request_id
 from mps_snapshot_server.http import signing, wire
 from mps_snapshot_server.observability.logging import request_id_var
@@ -116,11 +123,11 @@ def _pairs(text: str, where: str) -> list[tuple[str, str]]:
     except UnicodeDecodeError:
         raise InvalidParameter(
             f"The {where} is not valid UTF-8 after percent-decoding; encode parameters as UTF-8 (RFC 3986).",
-            code="InvalidParameter.Encoding",
+            code=ErrorCode.INVALID_PARAMETER_ENCODING,
         ) from None
     except ValueError:
         raise InvalidParameter(
-            f"The {where} has more than {MAX_PARAMETERS} parameters.", code="InvalidParameter.TooMany"
+            f"The {where} has more than {MAX_PARAMETERS} parameters.", code=ErrorCode.INVALID_PARAMETER_TOO_MANY
         ) from None
 
 
@@ -128,15 +135,15 @@ def _json_pairs(raw: bytes) -> list[tuple[str, str]]:
     try:
         doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError:
-        raise InvalidParameter("The JSON body is not UTF-8.", code="InvalidParameter.Encoding") from None
+        raise InvalidParameter("The JSON body is not UTF-8.", code=ErrorCode.INVALID_PARAMETER_ENCODING) from None
     except json.JSONDecodeError as exc:
         raise InvalidParameter(
             f"The JSON body does not parse: {exc.msg} at line {exc.lineno} column {exc.colno}.",
-            code="InvalidParameter.JsonFormatInvalid",
+            code=ErrorCode.INVALID_PARAMETER_JSON_FORMAT_INVALID,
         ) from None
     if not isinstance(doc, dict):
         raise InvalidParameter(
-            "A JSON body must be an object of parameters.", code="InvalidParameter.JsonFormatInvalid"
+            "A JSON body must be an object of parameters.", code=ErrorCode.INVALID_PARAMETER_JSON_FORMAT_INVALID
         )
     return [(k, v if isinstance(v, str) else json.dumps(v)) for k, v in doc.items()]
 
@@ -147,7 +154,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         if key in seen:
             raise InvalidParameter(
                 f"The key {key[:64]!r} appears twice in one JSON object; give each key once.",
-                code="InvalidParameter.JsonFormatInvalid",
+                code=ErrorCode.INVALID_PARAMETER_JSON_FORMAT_INVALID,
             )
         seen[key] = value
     return seen
@@ -158,24 +165,24 @@ async def read_params(request: web.Request) -> Params:
     if len(raw_query) > MAX_QUERY_BYTES:
         raise InvalidParameter(
             f"The query string is {len(raw_query)} bytes, over the {MAX_QUERY_BYTES}-byte limit.",
-            code="InvalidParameter.TooLarge",
+            code=ErrorCode.INVALID_PARAMETER_TOO_LARGE,
         )
     if not raw_query.isascii():
         raise InvalidParameter(
             "The query string has raw non-ASCII bytes; percent-encode parameters (RFC 3986).",
-            code="InvalidParameter.Encoding",
+            code=ErrorCode.INVALID_PARAMETER_ENCODING,
         )
     query = _pairs(raw_query, "query string")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise InvalidParameter(
             f"The body is {request.content_length} bytes, over the {MAX_BODY_BYTES}-byte limit.",
-            code="InvalidParameter.TooLarge",
+            code=ErrorCode.INVALID_PARAMETER_TOO_LARGE,
         )
     try:
         raw_body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise InvalidParameter(
-            f"The body is over the {MAX_BODY_BYTES}-byte limit.", code="InvalidParameter.TooLarge"
+            f"The body is over the {MAX_BODY_BYTES}-byte limit.", code=ErrorCode.INVALID_PARAMETER_TOO_LARGE
         ) from None
     body: list[tuple[str, str]] = []
     if raw_body:
@@ -186,7 +193,7 @@ async def read_params(request: web.Request) -> Params:
             except UnicodeDecodeError:
                 raise InvalidParameter(
                     "The form body has raw non-ASCII bytes; percent-encode parameters (RFC 3986).",
-                    code="InvalidParameter.Encoding",
+                    code=ErrorCode.INVALID_PARAMETER_ENCODING,
                 ) from None
             body = _pairs(text, "form body")
         elif kind == JSON_TYPE:
@@ -195,18 +202,18 @@ async def read_params(request: web.Request) -> Params:
             raise InvalidParameter(
                 f"A body of type {kind[:64]!r} is not understood; send parameters in the query string, "
                 f"or a {FORM_TYPE} or {JSON_TYPE} body.",
-                code="InvalidParameter.ContentType",
+                code=ErrorCode.INVALID_PARAMETER_CONTENT_TYPE,
             )
     seen: set[str] = set()
     for key, _ in query + body:
         if key in seen:
             raise InvalidParameter(
                 f"The parameter {key[:64]!r} is given more than once; give each parameter once.",
-                code="InvalidParameter.Duplicate",
+                code=ErrorCode.INVALID_PARAMETER_DUPLICATE,
             )
         seen.add(key)
     if len(seen) > MAX_PARAMETERS:
-        raise InvalidParameter(f"More than {MAX_PARAMETERS} parameters.", code="InvalidParameter.TooMany")
+        raise InvalidParameter(f"More than {MAX_PARAMETERS} parameters.", code=ErrorCode.INVALID_PARAMETER_TOO_MANY)
     return Params(query, body, raw_body)
 
 
@@ -252,7 +259,7 @@ class MpsRpc:
         request_id = new_request_id()
         error = MpsError(
             f"Nothing is served at {request.path[:80]!r}; MPS actions are called on '/'.",
-            code="InvalidAction.NotFound",
+            code=ErrorCode.INVALID_ACTION_NOT_FOUND,
         )
         return self._error(request, error, request_id)
 
@@ -265,12 +272,13 @@ class MpsRpc:
         try:
             if request.method not in ("GET", "POST"):
                 raise MpsError(
-                    f"HTTP method {request.method} is not supported; use GET or POST.", code="UnsupportedHTTPMethod"
+                    f"HTTP method {request.method} is not supported; use GET or POST.",
+                    code=ErrorCode.UNSUPPORTED_HTTP_METHOD,
                 )
             if self.in_flight >= self.max_in_flight:
                 raise Throttled(
                     f"The server has {self.max_in_flight} calls in progress, its limit; retry shortly.",
-                    code="Throttling.Concurrency",
+                    code=ErrorCode.THROTTLING_CONCURRENCY,
                     retry_after=1.0,
                 )
             self.in_flight += 1
@@ -301,16 +309,16 @@ class MpsRpc:
         if version != API_VERSION:
             raise InvalidParameter(
                 f"Version {version[:32]!r} is not served; this is MPS API version {API_VERSION}.",
-                code="InvalidVersion",
+                code=ErrorCode.INVALID_VERSION,
             )
         if values.get("Format", "json").lower() != "json":
-            raise InvalidParameter("Only Format=JSON is served (XML is not).", code="InvalidParameter.Format")
+            raise InvalidParameter("Only Format=JSON is served (XML is not).", code=ErrorCode.INVALID_PARAMETER_FORMAT)
         principal = self.authenticate(request, params)
         action = ACTIONS.get(name)
         if action is None:
             raise MpsError(
                 f"The action {name[:64]!r} is not served; this service implements " + ", ".join(sorted(ACTIONS)) + ".",
-                code="InvalidAction.NotFound",
+                code=ErrorCode.INVALID_ACTION_NOT_FOUND,
             )
         self.guard.throttle(principal, name)
         if (signed := request.get(_NONCE)) is not None:
@@ -336,14 +344,15 @@ class MpsRpc:
         values = params.all()
         if values.get("SignatureType") or "BearerToken" in values:
             raise Unauthenticated(
-                "Bearer tokens are not accepted here; sign with an AccessKey (V1 or V3).", code="IncompleteSignature"
+                "Bearer tokens are not accepted here; sign with an AccessKey (V1 or V3).",
+                code=ErrorCode.INCOMPLETE_SIGNATURE,
             )
         if "Signature" in values:
             return self._v1(request, params, values)
         raise Unauthenticated(
             "The call is not signed: sign it with an AccessKey as Alibaba Cloud's SDKs do (V1 "
             "Signature parameter, or V3 'Authorization: ACS3-HMAC-SHA256 ...').",
-            code="MissingAccessKeyId",
+            code=ErrorCode.MISSING_ACCESS_KEY_ID,
         )
 
     def _secret_of(self, key_id: str) -> tuple[Principal, str]:
@@ -352,23 +361,23 @@ class MpsRpc:
             raise Unauthenticated(
                 f"The AccessKeyId {key_id[:64]!r} has no access_key_secret_file on this server, which Alibaba "
                 "Cloud signatures need; use gRPC with it, or configure the secret (docs/security.md).",
-                code="InvalidAccessKeyId.Inactive",
+                code=ErrorCode.INVALID_ACCESS_KEY_ID_INACTIVE,
             )
         return principal, principal.secret
 
     def _v1(self, request: web.Request, params: Params, values: Mapping[str, str]) -> Principal:
         missing = [k for k in ("AccessKeyId", "Timestamp", "SignatureNonce") if not values.get(k)]
         if missing:
-            raise Unauthenticated(f"A V1 signature needs {', '.join(missing)}.", code="IncompleteSignature")
+            raise Unauthenticated(f"A V1 signature needs {', '.join(missing)}.", code=ErrorCode.INCOMPLETE_SIGNATURE)
         if values.get("SignatureMethod") != "HMAC-SHA1" or values.get("SignatureVersion") != "1.0":
             raise Unauthenticated(
                 "Only SignatureMethod=HMAC-SHA1 with SignatureVersion=1.0 (or V3 ACS3-HMAC-SHA256) is accepted.",
-                code="IncompleteSignature",
+                code=ErrorCode.INCOMPLETE_SIGNATURE,
             )
         nonce = values["SignatureNonce"]
         if len(nonce) > MAX_NONCE_LENGTH:
             raise Unauthenticated(
-                f"SignatureNonce must be 1-{MAX_NONCE_LENGTH} characters.", code="IncompleteSignature"
+                f"SignatureNonce must be 1-{MAX_NONCE_LENGTH} characters.", code=ErrorCode.INCOMPLETE_SIGNATURE
             )
         key_id = values["AccessKeyId"]
         principal, secret = self._secret_of(key_id)
@@ -376,7 +385,7 @@ class MpsRpc:
             raise Unauthenticated(
                 "The V1 signature does not match: check the AccessKeySecret, and that every parameter "
                 "is signed as sent (HMAC-SHA1 over METHOD&%2F&<sorted, RFC 3986-encoded parameters>).",
-                code="SignatureDoesNotMatch",
+                code=ErrorCode.SIGNATURE_DOES_NOT_MATCH,
             )
         self.guard.authenticator.check_fresh(key_id, values["Timestamp"], nonce, "Timestamp", "SignatureNonce")
         request[_NONCE] = (key_id, nonce)
@@ -388,22 +397,24 @@ class MpsRpc:
             raise Unauthenticated(
                 "The Authorization header must be 'ACS3-HMAC-SHA256 Credential=<AccessKeyId>,"
                 "SignedHeaders=<h1;h2...>,Signature=<hex>'.",
-                code="IncompleteSignature",
+                code=ErrorCode.INCOMPLETE_SIGNATURE,
             )
         unsigned = sorted(signing.V3_REQUIRED_HEADERS - set(auth.signed_headers))
         if unsigned:
-            raise Unauthenticated(f"SignedHeaders must include {', '.join(unsigned)}.", code="IncompleteSignature")
+            raise Unauthenticated(
+                f"SignedHeaders must include {', '.join(unsigned)}.", code=ErrorCode.INCOMPLETE_SIGNATURE
+            )
         nonce = request.headers.get("x-acs-signature-nonce", "")
         if not nonce or len(nonce) > MAX_NONCE_LENGTH:
             raise Unauthenticated(
-                f"x-acs-signature-nonce must be 1-{MAX_NONCE_LENGTH} characters.", code="IncompleteSignature"
+                f"x-acs-signature-nonce must be 1-{MAX_NONCE_LENGTH} characters.", code=ErrorCode.INCOMPLETE_SIGNATURE
             )
         principal, secret = self._secret_of(auth.access_key_id)
         payload_hash = request.headers.get("x-acs-content-sha256", "")
         if payload_hash.lower() != hashlib.sha256(params.raw_body).hexdigest():
             raise Unauthenticated(
                 "x-acs-content-sha256 is not the SHA-256 of the body (hex); the body was changed or mis-hashed.",
-                code="SignatureDoesNotMatch",
+                code=ErrorCode.SIGNATURE_DOES_NOT_MATCH,
             )
         headers = {h: _header(request, h) for h in auth.signed_headers}
         canonical = signing.v3_canonical_request(
@@ -413,7 +424,7 @@ class MpsRpc:
             raise Unauthenticated(
                 "The ACS3-HMAC-SHA256 signature does not match: check the AccessKeySecret, and that the "
                 "request is sent as signed.",
-                code="SignatureDoesNotMatch",
+                code=ErrorCode.SIGNATURE_DOES_NOT_MATCH,
             )
         self.guard.authenticator.check_fresh(
             auth.access_key_id,
@@ -449,10 +460,12 @@ def _json_param(name: str, text: str) -> Any:
         raise InvalidParameter.field(
             name,
             f"{name} is not valid JSON: {exc.msg} at column {exc.colno}; send the object as JSON text.",
-            code="InvalidParameter.JsonFormatInvalid",
+            code=ErrorCode.INVALID_PARAMETER_JSON_FORMAT_INVALID,
         ) from None
     if not isinstance(doc, dict):
-        raise InvalidParameter.field(name, f"{name} must be a JSON object.", code="InvalidParameter.JsonFormatInvalid")
+        raise InvalidParameter.field(
+            name, f"{name} must be a JSON object.", code=ErrorCode.INVALID_PARAMETER_JSON_FORMAT_INVALID
+        )
     return doc
 
 
@@ -503,12 +516,12 @@ def build_request(name: str, action: Action, values: Mapping[str, str]) -> Messa
             f"{name} has no parameter {', '.join(u[:64] for u in unknown[:5])}; its parameters are "
             + ", ".join(sorted(known))
             + ".",
-            code="InvalidParameter.UnknownParameter",
+            code=ErrorCode.INVALID_PARAMETER_UNKNOWN_PARAMETER,
         )
     try:
         return mps_json.parse(business, action.request())
     except (json_format.ParseError, ValueError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidParameter(
-            f"The parameters of {name} do not fit its fields: {first[:300]}", code="InvalidParameter.Value"
+            f"The parameters of {name} do not fit its fields: {first[:300]}", code=ErrorCode.INVALID_PARAMETER_VALUE
         ) from None

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from mps_snapshot_server.domain.errors import InternalError, InvalidParameter, MpsError, Throttled
+from mps_snapshot_server.domain.errors import ErrorCode, InternalError, InvalidParameter, MpsError, Throttled
 from mps_snapshot_server.domain.ids import new_request_id
 from mps_snapshot_server.observability import Telemetry
 from mps_snapshot_server.observability.logging import principal_var, request_id_var
@@ -23,7 +23,7 @@ from mps_snapshot_server.observability.tracing import set_attributes
 from mps_snapshot_server.rpc.errors import rich_status
 from mps_snapshot_server.security.authn import Principal
 from mps_snapshot_server.security.guard import Guard
-from mps_snapshot_server.security.ratelimit import LIMIT_CLASS
+from mps_snapshot_server.security.methods import limit_class
 
 log = logging.getLogger("mps_snapshot.rpc")
 
@@ -102,7 +102,7 @@ def _record(owner: Guarded, method: str, error: MpsError | None, seconds: float 
     metrics = owner.telemetry.metrics
     metrics.rpc(method, error.code if error else "OK", seconds)
     if isinstance(error, Throttled):
-        limit = "watch_streams" if error.code == "Throttling.WatchStreams" else LIMIT_CLASS.get(method, "other")
+        limit = "watch_streams" if error.code == ErrorCode.THROTTLING_WATCH_STREAMS else limit_class(method)
         metrics.throttled.labels(limit).inc()
     set_attributes(request_id=request_id_var.get(), code=error.code if error else "OK", principal=principal_var.get())
 

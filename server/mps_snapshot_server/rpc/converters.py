@@ -14,6 +14,7 @@ from mps_snapshot_client.api import snapshot_service_pb2 as sps
 from mps_snapshot_server.domain.models import (
     AnimatedOut,
     Job,
+    JobEventKind,
     NotifyConfig,
     ObjectRef,
     Pipeline,
@@ -22,6 +23,7 @@ from mps_snapshot_server.domain.models import (
     SnapshotRequest,
     TileOut,
 )
+from mps_snapshot_server.store.base import JobQuery
 
 
 def ref_from_proto(msg: res.OSSFile) -> ObjectRef:
@@ -134,6 +136,45 @@ def submit_from_proto(msg: sps.SubmitSnapshotJobRequest) -> SnapshotRequest:
         config=config_from_proto(msg.snapshot_config) if msg.HasField("snapshot_config") else None,
         user_data=msg.user_data,
         pipeline_id=msg.pipeline_id,
+    )
+
+
+def query_from_proto(msg: sps.QuerySnapshotJobListRequest) -> tuple[list[str], JobQuery, int | None]:
+    """The ids asked for (comma lists allowed), the filter, and the page size if given."""
+    flt = JobQuery(
+        state=msg.state,
+        pipeline_id=msg.pipeline_id,
+        created_from=(
+            from_timestamp(msg.start_of_job_created_time_range)
+            if msg.HasField("start_of_job_created_time_range")
+            else None
+        ),
+        created_to=(
+            from_timestamp(msg.end_of_job_created_time_range) if msg.HasField("end_of_job_created_time_range") else None
+        ),
+    )
+    ids = [i.strip() for raw in msg.snapshot_job_ids for i in raw.split(",") if i.strip()]
+    return ids, flt, msg.maximum_page_size if msg.HasField("maximum_page_size") else None
+
+
+_EVENT_KIND = {
+    JobEventKind.INITIAL: sps.SnapshotJobEvent.KIND_INITIAL,
+    JobEventKind.STATE: sps.SnapshotJobEvent.KIND_STATE_CHANGED,
+    JobEventKind.IMAGE: sps.SnapshotJobEvent.KIND_IMAGE_WRITTEN,
+    JobEventKind.SPRITE: sps.SnapshotJobEvent.KIND_SPRITE_WRITTEN,
+}
+
+
+def event_to_proto(kind: JobEventKind, job: Job) -> sps.SnapshotJobEvent:
+    return sps.SnapshotJobEvent(
+        kind=_EVENT_KIND[kind],
+        snapshot_job=job_to_proto(job),
+        progress=sps.SnapshotJobProgress(
+            images_done=len(job.images),
+            images_planned=job.images_planned,
+            sprites_done=len(job.sprites),
+            sprites_planned=job.sprites_planned,
+        ),
     )
 
 

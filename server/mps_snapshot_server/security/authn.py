@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mps_snapshot_server.domain.errors import Unauthenticated
+from mps_snapshot_server.domain.errors import ErrorCode, Unauthenticated
 from mps_snapshot_server.security.policy import ALLOW_ALL, Statement
 
 _LABEL = b"mps-snapshot-access-key-v1"
@@ -93,7 +93,7 @@ class Authenticator:
             "The call carries no credentials: send 'authorization: Bearer <AccessKeyId>:<AccessKeySecret>', "
             "an HMAC signature (x-mps-access-key-id, x-mps-timestamp, x-mps-signature-nonce, x-mps-signature), "
             "or a client certificate.",
-            code="MissingAccessKeyId",
+            code=ErrorCode.MISSING_ACCESS_KEY_ID,
         )
 
     def principal(self, key_id: str) -> Principal:
@@ -107,11 +107,14 @@ class Authenticator:
         key_id, sep, secret = token.strip().partition(":")
         if scheme.lower() != "bearer" or not sep:
             raise Unauthenticated(
-                "The authorization header must be 'Bearer <AccessKeyId>:<AccessKeySecret>'.", code="IncompleteSignature"
+                "The authorization header must be 'Bearer <AccessKeyId>:<AccessKeySecret>'.",
+                code=ErrorCode.INCOMPLETE_SIGNATURE,
             )
         principal = self.principal(key_id)
         if not hmac.compare_digest(derive_key(secret), principal.key_hash):
-            raise Unauthenticated("The AccessKeySecret does not match the AccessKeyId.", code="SignatureDoesNotMatch")
+            raise Unauthenticated(
+                "The AccessKeySecret does not match the AccessKeyId.", code=ErrorCode.SIGNATURE_DOES_NOT_MATCH
+            )
         return principal
 
     def _signed(self, metadata: Mapping[str, str], method: str) -> Principal:
@@ -123,7 +126,7 @@ class Authenticator:
             raise Unauthenticated(
                 "A signed call needs x-mps-access-key-id, x-mps-timestamp (ISO 8601 UTC), "
                 f"x-mps-signature-nonce (1-{MAX_NONCE_LENGTH} characters) and x-mps-signature.",
-                code="IncompleteSignature",
+                code=ErrorCode.INCOMPLETE_SIGNATURE,
             )
         principal = self.principal(key_id)
         expected = sign(principal.key_hash, method, timestamp, nonce)
@@ -131,7 +134,7 @@ class Authenticator:
             raise Unauthenticated(
                 "The signature does not match: sign '<method>\\n<timestamp>\\n<nonce>' with HMAC-SHA256 under "
                 "the derived key of your AccessKeySecret, base64-encoded.",
-                code="SignatureDoesNotMatch",
+                code=ErrorCode.SIGNATURE_DOES_NOT_MATCH,
             )
         self.check_fresh(key_id, timestamp, nonce, HEADER_TIMESTAMP, HEADER_NONCE)
         return principal
@@ -145,19 +148,19 @@ class Authenticator:
         except ValueError:
             raise Unauthenticated(
                 f"{timestamp_name} {timestamp[:40]!r} is not ISO 8601 (2026-01-02T03:04:05Z).",
-                code="InvalidTimeStamp.Format",
+                code=ErrorCode.INVALID_TIME_STAMP_FORMAT,
             ) from None
         now = self.clock()
         if abs(now - when) > MAX_SKEW_S:
             raise Unauthenticated(
                 f"{timestamp_name} is more than 15 minutes from the server's clock; sync the "
                 "caller's clock and sign again.",
-                code="InvalidTimeStamp.Expired",
+                code=ErrorCode.INVALID_TIME_STAMP_EXPIRED,
             )
         if self.nonces.used(f"{key_id}\n{nonce}", now):
             raise Unauthenticated(
                 f"This {nonce_name} was used before; use a new random nonce per call.",
-                code="SignatureNonceUsed",
+                code=ErrorCode.SIGNATURE_NONCE_USED,
             )
 
     def use_nonce(self, key_id: str, nonce: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mps_snapshot_server.domain.errors import Throttled, Unauthenticated
+from mps_snapshot_server.domain.errors import ErrorCode, Throttled, Unauthenticated
 from mps_snapshot_server.security.authn import (
     HEADER_KEY_ID,
     HEADER_NONCE,
@@ -16,7 +16,8 @@ from mps_snapshot_server.security.authn import (
     Principal,
 )
 from mps_snapshot_server.security.guard import Guard
-from mps_snapshot_server.security.ratelimit import LIMIT_CLASS, RateLimiter
+from mps_snapshot_server.security.methods import limit_class
+from mps_snapshot_server.security.ratelimit import RateLimiter
 from mps_snapshot_server.store.postgres import PostgresStore
 
 
@@ -46,16 +47,16 @@ class ClusterGuard(Guard):
         ):
             raise Unauthenticated(
                 "This x-mps-signature-nonce was used before; use a new random nonce per call.",
-                code="SignatureNonceUsed",
+                code=ErrorCode.SIGNATURE_NONCE_USED,
             )
-        limit_class = LIMIT_CLASS.get(method, "other")
-        rate = self.limits.get(limit_class)
+        kind = limit_class(method)
+        rate = self.limits.get(kind)
         if not rate:
             return
-        wait = await self.store.take_token(principal.name, limit_class, rate, max(1.0, rate))
+        wait = await self.store.take_token(principal.name, kind, rate, max(1.0, rate))
         if wait:
             raise Throttled(
                 f"Request was denied due to user flow control: {principal.name} is over the "
-                f"{limit_class} rate limit; retry in {wait:.2f} s.",
+                f"{kind} rate limit; retry in {wait:.2f} s.",
                 retry_after=wait,
             )

@@ -7,10 +7,11 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 
-from mps_snapshot_server.domain.errors import Forbidden, Throttled
+from mps_snapshot_server.domain.errors import ErrorCode, Forbidden, Throttled
 from mps_snapshot_server.security.authn import Authenticator, Principal
-from mps_snapshot_server.security.policy import ACTIONS, is_allowed, may_ever
-from mps_snapshot_server.security.ratelimit import LIMIT_CLASS, RateLimiter
+from mps_snapshot_server.security.methods import METHODS, limit_class
+from mps_snapshot_server.security.policy import is_allowed, may_ever
+from mps_snapshot_server.security.ratelimit import RateLimiter
 
 
 class Guard:
@@ -29,20 +30,20 @@ class Guard:
 
     def throttle(self, principal: Principal, method: str) -> None:
         """Take one call from the principal's budget for ``method`` (gRPC and HTTP alike)."""
-        wait = self.limiter.check(principal.name, LIMIT_CLASS.get(method, "other"))
+        wait = self.limiter.check(principal.name, limit_class(method))
         if wait:
             raise Throttled(
                 f"Request was denied due to user flow control: {principal.name} is over the "
-                f"{LIMIT_CLASS.get(method)} rate limit; retry in {wait:.2f} s.",
+                f"{limit_class(method)} rate limit; retry in {wait:.2f} s.",
                 retry_after=wait,
             )
 
     def allowed(self, principal: Principal, method: str, resources: tuple[str, ...]) -> bool:
-        return is_allowed(principal.statements, ACTIONS[method], resources)
+        return is_allowed(principal.statements, METHODS[method].action, resources)
 
     def authorize_action(self, principal: Principal, method: str) -> None:
         """Refuse a caller whose policies never allow the method's action on anything."""
-        action = ACTIONS[method]
+        action = METHODS[method].action
         if not may_ever(principal.statements, action):
             raise Forbidden(
                 f"{principal.name} is not allowed to perform {action}; ask for a policy that allows it "
@@ -54,7 +55,7 @@ class Guard:
         to do for a single process."""
 
     def authorize(self, principal: Principal, method: str, resources: tuple[str, ...]) -> None:
-        action = ACTIONS[method]
+        action = METHODS[method].action
         if not is_allowed(principal.statements, action, resources):
             shown = ", ".join(resources) or "*"
             raise Forbidden(
@@ -68,7 +69,7 @@ class Guard:
             raise Throttled(
                 f"{principal.name} already has {self.max_watch_streams} WatchSnapshotJob streams open, the limit; "
                 "close one or poll with QuerySnapshotJobList.",
-                code="Throttling.WatchStreams",
+                code=ErrorCode.THROTTLING_WATCH_STREAMS,
                 retry_after=1.0,
             )
         self._watches[principal.name] += 1

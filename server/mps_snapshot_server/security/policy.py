@@ -65,17 +65,5 @@ def may_ever(statements: tuple[Statement, ...], action: str) -> bool:
     return any(s.effect is Effect.ALLOW and any(fnmatchcase(action, a) for a in s.actions) for s in statements)
 
 
-#: Every action the service checks, by RPC.
-ACTIONS = {
-    "SubmitSnapshotJob": "mts:SubmitSnapshotJob",
-    "QuerySnapshotJobList": "mts:QuerySnapshotJobList",
-    "WatchSnapshotJob": "mts:QuerySnapshotJobList",
-    "CancelSnapshotJob": "mts:CancelSnapshotJob",
-    "AddPipeline": "mts:AddPipeline",
-    "UpdatePipeline": "mts:UpdatePipeline",
-    "QueryPipelineList": "mts:QueryPipelineList",
-    "SearchPipeline": "mts:SearchPipeline",
-    "DeletePipeline": "mts:DeletePipeline",
-}
-
+#: What a server without principals admits: every action on every resource.
 ALLOW_ALL = (Statement(Effect.ALLOW, ("*",), ("*",)),)

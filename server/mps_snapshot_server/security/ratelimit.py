@@ -49,17 +49,3 @@ class RateLimiter:
                 self._buckets = {k: b for k, b in self._buckets.items() if b.tokens < b.burst}
             bucket = self._buckets[key] = TokenBucket(rate, max(1.0, rate), max(1.0, rate), now)
         return bucket.take(now)
-
-
-#: The limit class of each RPC (MPS: Submit 50/s, QuerySnapshotJobList 100/s, pipeline calls 100/s).
-LIMIT_CLASS = {
-    "SubmitSnapshotJob": "submit",
-    "QuerySnapshotJobList": "query",
-    "WatchSnapshotJob": "query",
-    "CancelSnapshotJob": "submit",
-    "AddPipeline": "pipeline",
-    "UpdatePipeline": "pipeline",
-    "QueryPipelineList": "pipeline",
-    "SearchPipeline": "pipeline",
-    "DeletePipeline": "pipeline",
-}

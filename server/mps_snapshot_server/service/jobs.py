@@ -12,6 +12,7 @@ from typing import Protocol
 
 from mps_snapshot_server.domain import planning, sprites, validation
 from mps_snapshot_server.domain.errors import (
+    ErrorCode,
     InvalidParameter,
     InvalidState,
     MpsError,
@@ -174,7 +175,9 @@ class JobService:
         size = DEFAULT_PAGE_SIZE if page_size is None else page_size
         if not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidParameter.field(
-                "maximum_page_size", f"MaximumPageSize must be 1-{MAX_PAGE_SIZE}.", code="InvalidParameter.OutOfRange"
+                "maximum_page_size",
+                f"MaximumPageSize must be 1-{MAX_PAGE_SIZE}.",
+                code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE,
             )
         if flt.state and flt.state not in {s.value for s in JobState}:
             raise InvalidParameter.field(

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
-from mps_snapshot_server.domain.errors import InvalidParameter, InvalidState, ResourceNotFound
+from mps_snapshot_server.domain.errors import ErrorCode, InvalidParameter, InvalidState, ResourceNotFound
 from mps_snapshot_server.domain.ids import new_id
 from mps_snapshot_server.domain.models import NotifyConfig, Pipeline, PipelineState
 from mps_snapshot_server.store.base import Store
@@ -53,11 +53,13 @@ def _check_limits(max_jobs: int | None, capacity: int | None) -> None:
         raise InvalidParameter.field(
             "max_concurrent_jobs",
             f"MaxConcurrentJobs must be 1-{MAX_CONCURRENT_JOBS}.",
-            code="InvalidParameter.OutOfRange",
+            code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE,
         )
     if capacity is not None and not 1 <= capacity <= MAX_QUEUE_CAPACITY:
         raise InvalidParameter.field(
-            "queue_capacity", f"QueueCapacity must be 1-{MAX_QUEUE_CAPACITY}.", code="InvalidParameter.OutOfRange"
+            "queue_capacity",
+            f"QueueCapacity must be 1-{MAX_QUEUE_CAPACITY}.",
+            code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE,
         )
 
 
@@ -160,7 +162,9 @@ class PipelineRegistry:
         if speed and speed not in SPEEDS:
             raise InvalidParameter.field("speed", f"Speed {speed!r} is unknown; use one of {', '.join(SPEEDS)}.")
         if speed_level and not 1 <= speed_level <= 3:
-            raise InvalidParameter.field("speed_level", "SpeedLevel must be 1-3.", code="InvalidParameter.OutOfRange")
+            raise InvalidParameter.field(
+                "speed_level", "SpeedLevel must be 1-3.", code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE
+            )
         _check_notify(notify)
         _check_limits(max_jobs, capacity)
         pipeline = self._new(
@@ -207,7 +211,9 @@ class PipelineRegistry:
 
     def resolve_existing(self, pipeline_id: str) -> Pipeline:
         if not pipeline_id:
-            raise InvalidParameter.field("pipeline_id", "PipelineId is required.", code="InvalidParameter.NullValue")
+            raise InvalidParameter.field(
+                "pipeline_id", "PipelineId is required.", code=ErrorCode.INVALID_PARAMETER_NULL_VALUE
+            )
         return self.resolve(pipeline_id)
 
     def query(self, ids: list[str]) -> tuple[list[Pipeline], list[str]]:
@@ -224,9 +230,13 @@ class PipelineRegistry:
         page_number = page_number or 1
         page_size = page_size or 10
         if page_number < 1:
-            raise InvalidParameter.field("page_number", "PageNumber starts at 1.", code="InvalidParameter.OutOfRange")
+            raise InvalidParameter.field(
+                "page_number", "PageNumber starts at 1.", code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE
+            )
         if not 1 <= page_size <= 100:
-            raise InvalidParameter.field("page_size", "PageSize must be 1-100.", code="InvalidParameter.OutOfRange")
+            raise InvalidParameter.field(
+                "page_size", "PageSize must be 1-100.", code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE
+            )
         matching = [p for p in self.all() if state == "All" or p.state.value == state]
         start = (page_number - 1) * page_size
         return matching[start : start + page_size], len(matching), page_number, page_size
@@ -235,14 +245,14 @@ class PipelineRegistry:
         await self.ensure(pipeline_id)
         pipeline = self.resolve_existing(pipeline_id)
         if pipeline.is_default:
-            raise InvalidState("The default pipeline cannot be deleted.", code="IncorrectPipelineState")
+            raise InvalidState("The default pipeline cannot be deleted.", code=ErrorCode.INCORRECT_PIPELINE_STATE)
         async with self._lock:
             unfinished = await self._store.count_unfinished(pipeline_id)
             if unfinished:
                 raise InvalidState(
                     f"Pipeline {pipeline_id} still has {unfinished} unfinished job(s); cancel them or wait "
                     "for them to end, then delete it.",
-                    code="IncorrectPipelineState",
+                    code=ErrorCode.INCORRECT_PIPELINE_STATE,
                 )
             await self._store.delete_pipeline(pipeline_id)
             del self._pipelines[pipeline_id]

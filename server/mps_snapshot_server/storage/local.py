@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from mps_snapshot_server.domain.errors import DiskFull, InvalidParameter, PermissionDenied, ResourceNotFound
+from mps_snapshot_server.domain.errors import DiskFull, ErrorCode, InvalidParameter, PermissionDenied, ResourceNotFound
 from mps_snapshot_server.domain.keys import key_problem
 from mps_snapshot_server.storage.base import InputHandle, ObjectInfo
 
@@ -41,7 +41,8 @@ class LocalStore:
         problem = key_problem(key)
         if problem or "/" in bucket or bucket in ("", ".", ".."):
             raise InvalidParameter(
-                f"Object key {key!r} is invalid: {problem or 'bad bucket'}.", code="InvalidParameter.ObjectKeyInvalid"
+                f"Object key {key!r} is invalid: {problem or 'bad bucket'}.",
+                code=ErrorCode.INVALID_PARAMETER_OBJECT_KEY_INVALID,
             )
         bucket_dir = self.root / bucket
         path = bucket_dir / key

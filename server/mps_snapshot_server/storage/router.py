@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from mps_snapshot_server.domain.errors import InvalidParameter
+from mps_snapshot_server.domain.errors import ErrorCode, InvalidParameter
 from mps_snapshot_server.domain.models import ObjectRef
 from mps_snapshot_server.storage.base import ObjectStore
 
@@ -31,7 +31,7 @@ class StorageRouter:
             f"Location {location!r} is not configured on this server; use one of: "
             + ", ".join(r.pattern for r in self.routes)
             + ".",
-            code="InvalidParameter.LocationInvalid",
+            code=ErrorCode.INVALID_PARAMETER_LOCATION_INVALID,
         )
 
     def store_for(self, ref: ObjectRef, field: str) -> ObjectStore:

@@ -50,7 +50,6 @@ CREATE TABLE IF NOT EXISTS pipelines (
 
 
 #: The old name of JobQuery, kept for importers.
-JobFilter = JobQuery
 
 
 class SqliteStore:
@@ -135,7 +134,7 @@ class SqliteStore:
     async def get_job(self, job_id: str) -> Job | None:
         return (await self.get_jobs([job_id])).get(job_id)
 
-    async def list_jobs(self, flt: JobFilter, page_size: int, token: str) -> tuple[list[Job], str]:
+    async def list_jobs(self, flt: JobQuery, page_size: int, token: str) -> tuple[list[Job], str]:
         """A page of jobs, newest first, and the token of the next page ('' at the end)."""
         where: list[str] = ["1=1"]
         args: list[str | int] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from mps_snapshot_server.domain.errors import ErrorCode
 from mps_snapshot_server.domain.models import Job
 from mps_snapshot_server.observability.tracing import Tracing
 from mps_snapshot_server.worker.runner import JobRunner
@@ -29,7 +30,7 @@ async def run_attempt(runner: JobRunner, tracing: Tracing, job: Job, *, retry: b
 def interrupted(job: Job, *, at: datetime, notify: bool, where: str) -> Job:
     """A job interrupted on every one of its attempts: it ends Fail and is not retried."""
     return job.failed(
-        "InternalError",
+        ErrorCode.INTERNAL_ERROR,
         f"The job was interrupted on each of its {job.attempts} attempts ({where} stopped or crashed while "
         "it ran); it will not be retried.",
         at=at,

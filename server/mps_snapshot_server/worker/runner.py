@@ -276,6 +276,8 @@ class JobRunner:
             commit_progress=not run.inline,
             max_sprite_pixels=self.max_sprite_pixels,
         )
+        if the_plan.dropped:
+            log.info("%d points lie past the end of the video and are left out", the_plan.dropped)
         outputs = OutputWriter(ctx, job, valid, info, out_store, published)
         points = outputs.points_to_capture(the_plan)
         outputs.start(the_plan)
