@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PostgreSQL for the test suite (tests/test_replicas.py, tests/test_store_contract.py).
+# PostgreSQL for the test suite (tests/integration/test_replicas.py, tests/contract/test_store_contract.py).
 #   scripts/pg-test-cluster.sh start   prints shell `export` lines: MPS_TEST_DATABASE_URL, and
 #                                      PG_TEST_CLUSTER_DIR when it started a cluster of its own
 #   scripts/pg-test-cluster.sh stop    stops and removes that cluster

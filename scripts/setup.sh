@@ -49,10 +49,10 @@ if [ "${1:-}" = "--dev" ]; then
             (cd clients/node && npm ci --no-audit --no-fund --loglevel=error)
         fi
     else
-        echo "== npm not found: the Node.js client test (tests/test_node_client.py) will be skipped"
+        echo "== npm not found: the Node.js client test (tests/integration/test_node_client.py) will be skipped"
     fi
 
-    # Headless Chromium (Debian's package) for the web console tests (tests/test_console.py).
+    # Headless Chromium (Debian's package) for the web console tests (tests/integration/test_console.py).
     if command -v apt-get >/dev/null && ! dpkg -s chromium >/dev/null 2>&1; then
         echo "== installing Chromium for the console tests (Debian package)"
         SUDO=""

@@ -13,7 +13,7 @@ import pytest_asyncio
 from mps_snapshot_client import SnapshotClient
 from mps_snapshot_server.app import App
 from mps_snapshot_server.config import load
-from tests.media import Video, make_video
+from tests.helpers.media import Video, make_video
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ def heavy(media_dir: Path) -> Path:
     """Six seconds of noisy 720p in one GOP: a frame near the end costs ~180 costly decoded frames."""
     out = media_dir / "heavy.mp4"
     if not out.exists():
-        from tests.media import ffmpeg
+        from tests.helpers.media import ffmpeg
 
         ffmpeg(
             "-f",
@@ -68,7 +68,7 @@ def heavy(media_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def black_start(media_dir: Path) -> Path:
     """Two seconds of black, then picture: for the black-frame filter."""
-    from tests.media import ffmpeg
+    from tests.helpers.media import ffmpeg
 
     out = media_dir / "black_start.mp4"
     ffmpeg(
@@ -96,7 +96,7 @@ def black_start(media_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def rotated(media_dir: Path, videos: dict[str, Video]) -> Path:
     """The main video with a 90-degree display rotation flag (a phone's portrait video)."""
-    from tests.media import ffmpeg
+    from tests.helpers.media import ffmpeg
 
     out = media_dir / "rotated.mp4"
     ffmpeg("-i", str(videos["tiny"].path), "-c", "copy", "-metadata:s:v:0", "rotate=90", str(out))
