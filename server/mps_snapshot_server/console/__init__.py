@@ -31,12 +31,11 @@ from mps_snapshot_server.domain import validation
 from mps_snapshot_server.domain.errors import MpsError
 from mps_snapshot_server.domain.models import Job, ObjectRef
 from mps_snapshot_server.observability.metrics import Metrics
-from mps_snapshot_server.observability.storage import ObservedStore
 from mps_snapshot_server.security.authn import HEADER_AUTHORIZATION
 from mps_snapshot_server.security.guard import Guard
 from mps_snapshot_server.service.jobs import JobService
 from mps_snapshot_server.service.pipelines import PipelineRegistry
-from mps_snapshot_server.storage.base import ObjectStore
+from mps_snapshot_server.storage.base import ObjectStore, StoreWrapper
 from mps_snapshot_server.storage.local import LocalStore
 from mps_snapshot_server.storage.router import StorageRouter
 from mps_snapshot_server.store.base import JobQuery
@@ -133,7 +132,10 @@ class Console:
 
 
 def _unwrap(store: ObjectStore) -> ObjectStore:
-    return store.inner if isinstance(store, ObservedStore) else store
+    """The backend under the observation (and, with replicas, fencing) wrappers."""
+    while isinstance(store, StoreWrapper):
+        store = store.inner
+    return store
 
 
 def _is_loopback(remote: str | None) -> bool:

@@ -10,18 +10,20 @@ from pathlib import Path
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mps_snapshot_server.observability import Telemetry
-from mps_snapshot_server.storage.base import InputHandle, ObjectInfo, ObjectStore
+from mps_snapshot_server.storage.base import InputHandle, ObjectInfo, ObjectStore, StoreWrapper
 
 
-class ObservedStore:
+class ObservedStore(StoreWrapper):
     """An ObjectStore that reports each call as a span (``storage.<operation>``, with the
     bucket but not the key as an attribute, as keys may be personal data) and a counter."""
 
     def __init__(self, inner: ObjectStore, backend: str, telemetry: Telemetry) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.backend = backend
         self.telemetry = telemetry
-        self._roles: dict[str, ObservedStore] = {}
+
+    def wrap(self, inner: ObjectStore) -> ObjectStore:
+        return ObservedStore(inner, self.backend, self.telemetry)
 
     @contextlib.contextmanager
     def _observe(self, operation: str, bucket: str) -> Iterator[None]:
@@ -59,15 +61,3 @@ class ObservedStore:
     async def delete(self, bucket: str, key: str) -> None:
         with self._observe("delete", bucket):
             await self.inner.delete(bucket, key)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def for_role(self, role_arn: str) -> ObjectStore:
-        inner = self.inner.for_role(role_arn)
-        if inner is self.inner:
-            return self
-        observed = self._roles.get(role_arn)
-        if observed is None:
-            observed = self._roles[role_arn] = ObservedStore(inner, self.backend, self.telemetry)
-        return observed

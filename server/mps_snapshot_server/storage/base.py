@@ -50,3 +50,40 @@ class ObjectStore(Protocol):
         """The store as the request's RoleArn sees it (a credentials profile); ``self`` when
         roles mean nothing to the backend. Returns the same object for the same role."""
         ...
+
+
+class StoreWrapper:
+    """An ObjectStore around another one (observation, fencing): every call passes through
+    unless a subclass changes it, and each RoleArn's view is wrapped once, the same way."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self._roles: dict[str, ObjectStore] = {}
+
+    def wrap(self, inner: ObjectStore) -> ObjectStore:
+        """This wrapper around another store (a role's view of the same backend)."""
+        raise NotImplementedError
+
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        return await self.inner.head(bucket, key)
+
+    async def input_handle(self, bucket: str, key: str) -> InputHandle:
+        return await self.inner.input_handle(bucket, key)
+
+    async def put_file(self, bucket: str, key: str, path: Path, content_type: str) -> None:
+        await self.inner.put_file(bucket, key, path, content_type)
+
+    async def delete(self, bucket: str, key: str) -> None:
+        await self.inner.delete(bucket, key)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def for_role(self, role_arn: str) -> ObjectStore:
+        inner = self.inner.for_role(role_arn)
+        if inner is self.inner:
+            return self
+        view = self._roles.get(role_arn)
+        if view is None:
+            view = self._roles[role_arn] = self.wrap(inner)
+        return view
