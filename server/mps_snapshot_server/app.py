@@ -198,6 +198,8 @@ class App:
             backoff_s=s.notify_backoff_s,
         )
         self.runner.notify_wanted = self.notifications.wanted
+        if self.postgres is not None:
+            self.postgres.notify_hold_s = self.notifications.delivery_window_s + s.lease_s
         self.scheduler: Scheduler | ClusterScheduler
         if self.postgres is not None:
             self.scheduler = ClusterScheduler(

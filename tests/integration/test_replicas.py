@@ -23,9 +23,11 @@ import boto3
 import grpc
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from botocore.config import Config
 
 from mps_snapshot_client import SnapshotClient
+from mps_snapshot_client.api import resources_pb2 as res
 from mps_snapshot_client.api import snapshot_service_pb2 as sps
 from mps_snapshot_client.auth import derive_key, signature_metadata
 from mps_snapshot_client.errors import MpsApiError, ThrottlingError
@@ -211,6 +213,58 @@ async def test_jobs_spread_and_kill_9_loses_nothing_and_runs_nothing_twice(clust
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_a_notification_owed_by_a_dead_replica_is_sent_by_another(cluster: Cluster, s3: Any) -> None:
+    """The replica that ended a job dies while delivering its notification (the endpoint
+    hangs on the first request): once the delivery window has passed, another replica sends
+    the same message, and the job records it as delivered."""
+    requests: list[tuple[str, str]] = []
+    first = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.json()
+        requests.append((body["JobId"], request.headers.get("X-Mps-Message-Id", "")))
+        if len(requests) == 1:
+            first.set()
+            await asyncio.sleep(3600)  # never answers: its sender is killed meanwhile
+        return web.Response(status=204)
+
+    application = web.Application()
+    application.router.add_post("/mns", handle)
+    runner = web.AppRunner(application)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/mns"
+    replicas = await cluster.start(2, notify_attempts="1", notify_backoff_s="0.1")
+    clients = [SnapshotClient(f"127.0.0.1:{r.port}", timeout=30) for r in replicas]
+    try:
+        pipeline = await clients[0].add_pipeline("notified", notify_config=res.NotifyConfig(http_url=url))
+        job = (await clients[0].submit(job_request("owed", 1, pipeline.id))).snapshot_job
+        async with asyncio.timeout(60):
+            await first.wait()
+        (held,) = await rows(cluster.dsn, "SELECT lease_owner, state FROM jobs WHERE id = $1", job.id)
+        assert held["state"] == "Success"
+        sender = cluster.owner_of(held["lease_owner"])
+        survivor = next(r for r in replicas if r is not sender)
+        await sender.kill(signal.SIGKILL)
+        started = time.monotonic()
+        client = clients[replicas.index(survivor)]
+
+        async def delivered() -> bool:
+            return (await client.get(job.id)).mns_message_result.message_id != ""
+
+        await until(delivered, 60, 0.2)
+        # One delivery window (1 attempt of 10 s, plus the lease) passed before the resend.
+        assert time.monotonic() - started < 40
+        assert [j for j, _ in requests] == [job.id, job.id]
+        assert requests[0][1] == requests[1][1] == (await client.get(job.id)).mns_message_result.message_id
+        assert any("sending the notification another replica owed" in line for line in survivor.log)
+    finally:
+        for c in clients:
+            await c.close()
+        await runner.cleanup()
 
 
 async def test_a_replica_frozen_past_its_lease_writes_nothing(cluster: Cluster, s3: Any) -> None:

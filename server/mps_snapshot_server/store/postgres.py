@@ -170,6 +170,9 @@ class PostgresUnavailable(Exception):
 class PostgresStore:
     def __init__(self, dsn: str, *, origin: str, pool: Any, lock_pool: Any) -> None:
         self.dsn = dsn
+        #: How long the replica that ends a job holds the notification it owes before another
+        #: replica may send it (set from the notification settings; see claim_notifications).
+        self.notify_hold_s = 120.0
         #: This replica's id: NOTIFY payloads carry it so a replica skips its own events.
         self.origin = origin
         self._pool = pool
@@ -261,9 +264,14 @@ class PostgresStore:
 
     async def _put_fenced(self, job: Job, lease: Lease) -> None:
         lease.check()
+        # A final state ends the lease; when it owes a notification, the owner keeps holding
+        # the row for the delivery window, after which another replica may send it
+        # (claim_notifications): a replica that dies between its final commit and the
+        # delivery does not lose the notification.
         row = await self._pool.fetchrow(
             "WITH w AS (UPDATE jobs SET state = $4, doc = $5, "
-            "lease_expires = CASE WHEN $4 = ANY($6::text[]) THEN lease_expires ELSE NULL END "
+            "lease_expires = CASE WHEN $4 = ANY($6::text[]) THEN lease_expires "
+            "WHEN $9 THEN now() + make_interval(secs => $10) ELSE NULL END "
             "WHERE id = $1 AND lease_owner = $2 AND attempt = $3 AND lease_expires > now() RETURNING id) "
             "SELECT pg_notify($7, $8) FROM w",
             job.id,
@@ -274,10 +282,30 @@ class PostgresStore:
             list(_OPEN),
             CHANNEL,
             self._payload("job", job.id),
+            job.notify_pending,
+            self.notify_hold_s,
         )
         if row is None:
             lease.lost = True
             raise LeaseLost(f"job {job.id}: attempt {lease.attempt} no longer holds the lease; write refused")
+
+    async def claim_notifications(self, owner: str, limit: int = 20) -> list[Job]:
+        """Final jobs still owed a notification whose holder's window has passed (the replica
+        that ended them died before delivering): this replica now holds them for a window
+        of its own and sends them. A receiver may see a message twice (its MessageId is
+        stable, so it can drop the repeat), never not at all."""
+        rows = await self._pool.fetch(
+            "UPDATE jobs SET lease_owner = $1, lease_expires = now() + make_interval(secs => $2) "
+            "WHERE id IN (SELECT id FROM jobs WHERE state = ANY($3::text[]) "
+            "AND (doc::jsonb->>'notify_pending')::boolean "
+            "AND (lease_expires IS NULL OR lease_expires < now()) "
+            "ORDER BY created_us LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING doc",
+            owner,
+            self.notify_hold_s,
+            ["Success", "Fail"],
+            limit,
+        )
+        return [codec.loads(Job, r[0]) for r in rows]
 
     async def get_jobs(self, ids: list[str]) -> dict[str, Job]:
         rows = await self._pool.fetch("SELECT doc FROM jobs WHERE id = ANY($1::text[])", ids)

@@ -36,6 +36,9 @@ class DeliveryError(Exception):
 class Notifier(Protocol):
     """A way to deliver a message (HTTP today; a message broker can implement the same)."""
 
+    #: The longest one delivery attempt may take.
+    timeout_s: float
+
     async def deliver(self, destination: str, message_id: str, body: bytes) -> None:
         """Deliver or raise DeliveryError."""
         ...
@@ -47,6 +50,7 @@ class HttpNotifier:
     """POSTs the JSON message; any 2xx answer is an acknowledgement (MNS receivers send 204)."""
 
     def __init__(self, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
@@ -126,6 +130,13 @@ class NotificationService:
         self.attempts = attempts
         self.backoff_s = backoff_s
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def delivery_window_s(self) -> float:
+        """The longest a delivery may take, every attempt and backoff included (a replica
+        holds an owed notification this long before another may send it)."""
+        backoffs = self.backoff_s * ((1 << max(0, self.attempts - 1)) - 1)
+        return self.attempts * self.notifier.timeout_s + backoffs
 
     def destination(self, job: Job) -> str:
         try:

@@ -83,6 +83,7 @@ class ClusterScheduler:
         self._spawn(self._bridge(), "cluster-bridge")
         for n in range(self.slots):
             self._spawn(self._worker(), f"cluster-worker-{n}")
+        self._spawn(self._owed_notifications(), "cluster-notifications")
         log.info("replica %s: %d job slots, lease %.1f s", self.owner, self.slots, self.lease_s)
 
     # Events from other replicas
@@ -250,6 +251,17 @@ class ClusterScheduler:
             if cancel and lease.job_id not in self._cancel_requested:
                 self._cancel_requested.add(lease.job_id)
                 task.cancel()
+
+    async def _owed_notifications(self) -> None:
+        """Send the notifications a replica that died after ending its jobs still owed."""
+        while not self._stopping:
+            try:
+                for job in await self.store.claim_notifications(self.owner):
+                    log.info("job %s: sending the notification another replica owed", job.id)
+                    self.notifications.job_finished(job)
+            except Exception as exc:
+                log.warning("could not look for owed notifications (%s: %s)", type(exc).__name__, exc)
+            await asyncio.sleep(max(self.poll_s, self.store.notify_hold_s / 4))
 
     # Cancel
 
