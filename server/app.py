@@ -184,8 +184,11 @@ class App:
             sync_reserved=s.sync_reserved_processes,
             telemetry=self.telemetry,
             job_memory_mb=s.job_memory_mb,
+            warm_workers=s.resolved_warm_workers(),
+            warm_worker_requests=s.warm_worker_requests,
         )
         self.engine.sweep()
+        self.engine.start_warm()
         self.pipelines = PipelineRegistry(
             self.store, default_max_jobs=s.pipeline_max_concurrent_jobs, default_capacity=s.pipeline_queue_capacity
         )
@@ -355,6 +358,7 @@ class App:
         await asyncio.gather(*stopping)
         await self.jobs.wait_recorded(2.0)
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
+        await self.engine.close()
         await self.router.close()
         await self.store.close()
         self.telemetry.tracing.shutdown()

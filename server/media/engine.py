@@ -19,8 +19,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 
+from server.domain import frames
 from server.domain.models import FrameType, SmartPick
-from server.media import animate, capture, picks, process
+from server.media import animate, capture, picks, process, warm
 from server.media import probe as probe_mod
 from server.media.argv import Animation, Encoding, Source
 from server.media.capture import Frame
@@ -114,6 +115,8 @@ class MediaEngine:
         telemetry: Telemetry | None = None,
         job_memory_mb: float = 300.0,
         local_ffmpeg: str | None = None,
+        warm_workers: int = 0,
+        warm_worker_requests: int = 200,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
         self.ffmpeg = ffmpeg
@@ -146,6 +149,54 @@ class MediaEngine:
         self.peak_running = 0
         #: Processes started so far (tests use it to prove validation starts none).
         self.started = 0
+        #: The warm decoder pool (media.warm) for local inputs; None: every capture runs ffmpeg.
+        self.warm = (
+            warm.WarmPool(
+                size=warm_workers,
+                max_requests=warm_worker_requests,
+                tmp_dir=tmp_dir,
+                cpu_seconds=cpu_seconds,
+                memory_bytes=memory_bytes,
+            )
+            if warm_workers > 0
+            else None
+        )
+
+    def start_warm(self) -> None:
+        """Start the warm decoder workers in the background (after ``sweep``)."""
+        if self.warm is not None:
+            self.warm.start()
+
+    async def close(self) -> None:
+        if self.warm is not None:
+            await self.warm.close()
+
+    async def _warm_exact(
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        time_s: float,
+        enc: Encoding,
+        workdir: Path,
+        wall_seconds: float,
+        name: str = "warm",
+    ) -> Frame | None:
+        """The frame shown at ``time_s`` from the warm pool, or None (then ffmpeg runs)."""
+        if self.warm is None:
+            return None
+        return await self.warm.exact(
+            handle,
+            info,
+            time_s=time_s,
+            enc=enc,
+            workdir=workdir,
+            wall_seconds=wall_seconds,
+            max_bytes=self._max_image_bytes,
+            name=name,
+        )
+
+    def _warm_serves(self, handle: InputHandle, info: probe_mod.MediaInfo, enc: Encoding) -> bool:
+        return self.warm is not None and not self.warm.broken and not warm.refusal(handle, info, enc)
 
     def sweep(self) -> None:
         """Remove work folders a crashed server left behind."""
@@ -321,6 +372,14 @@ class MediaEngine:
         src = Source(handle.url, handle.protocols)
         limits = self.limits(wall_seconds)
         async with self._slot("snapshot", priority):
+            # The warm pool first (a seek and a decode in a running worker); None: ffmpeg.
+            target: float | None = time_s
+            if frame_type is FrameType.INTRA:
+                target = frames.nearest_keyframe(keys, time_s) if keys else None
+            if target is not None:
+                frame = await self._warm_exact(handle, info, target, enc, workdir, wall_seconds)
+                if frame is not None and (frame_type is FrameType.NORMAL or abs(frame.time_s - target) < frames.TOL):
+                    return frame
             if frame_type is FrameType.INTRA:
                 return await capture.capture_keyframe(
                     self._ffmpeg_for(handle),
@@ -377,6 +436,12 @@ class MediaEngine:
         wall_seconds: float,
     ) -> list[Frame | None]:
         async with self._slot("seek_batch"):
+            if not intra and self._warm_serves(handle, info, enc):
+                # One worker takes the points one after another (a None is taken on its own).
+                return [
+                    await self._warm_exact(handle, info, t, enc, workdir, wall_seconds, name=f"w{i}")
+                    for i, t in enumerate(times_s)
+                ]
             return await capture.seek_batch(
                 self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),
@@ -416,6 +481,14 @@ class MediaEngine:
         drop_others: bool,
     ) -> list[Frame | None]:
         async with self._slot("keyframe_pass"):
+            if self._warm_serves(handle, info, enc):
+                # Each chosen keyframe by a seek to it: the frame shown at a keyframe's time is
+                # that keyframe, proven by the decode; one the decode disagrees on is None.
+                found: list[Frame | None] = []
+                for i, key in enumerate(keys_s):
+                    frame = await self._warm_exact(handle, info, key, enc, workdir, wall_seconds, name=f"w{i}")
+                    found.append(frame if frame is not None and abs(frame.time_s - key) < frames.TOL else None)
+                return found
             return await capture.keyframe_pass(
                 self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),

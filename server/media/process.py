@@ -122,6 +122,28 @@ async def run(argv: Sequence[str], *, limits: Limits, cwd: str | None = None, st
     return classify(Result(code, out, err.decode(errors="replace")))
 
 
+async def start_worker(argv: Sequence[str], *, limits: Limits, cwd: str) -> asyncio.subprocess.Process:
+    """A long-lived worker (media.warm) under the same containment as every ffmpeg run:
+    pdeathsig, rlimits, its own session (``kill_group`` ends it whole), the minimal
+    environment, a private folder; stdin and stdout are its request pipe, stderr is dropped.
+    ``limits.wall_seconds`` does not apply: the caller bounds each request."""
+    return await asyncio.create_subprocess_exec(
+        *_wrapper(limits),
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=cwd,
+        env=minimal_env(),
+        start_new_session=True,
+    )
+
+
+async def kill_group(proc: asyncio.subprocess.Process) -> None:
+    """Kill a process started here and its whole group, and reap it."""
+    await _kill_group(proc)
+
+
 #: Signals that mean a limit ended the run, not the input: RLIMIT_CPU (SIGXCPU, then
 #: SIGKILL at the hard limit) and the kernel's OOM killer (SIGKILL). Our own wall-clock
 #: kill raises ProcessTimeout instead, so it never reaches this check.

@@ -1,0 +1,174 @@
+"""A warm decoder worker: the child process of ``server.media.warm``.
+
+It keeps recently used local inputs open (the demuxer's index parsed once, the decoder
+initialised once) and answers capture requests, one JSON line in on stdin, one JSON line out,
+so a snapshot costs a seek, the decode from the keyframe and a JPEG encode instead of a
+whole ffmpeg process. It starts through the same containment as ffmpeg (process.start_worker:
+pdeathsig, rlimits, its own session, a minimal environment) and opens every input with the
+same whitelists as ffmpeg's argv (hardening).
+
+It decides nothing about which frame is right: it reports the time of every frame it
+decoded and which one it wrote, and the server checks that against ``domain.frames`` like
+the log of an ffmpeg run. Anything it does not know how to do exactly as the ffmpeg path
+does (another codec or pixel format, rotation, non-square pixels, a frame without a
+timestamp) it refuses, and the server takes the ffmpeg path instead.
+
+Run as a script (``python -I warm_worker.py``): it imports only the standard library and
+PyAV, never the server's packages, so it starts fast and wherever the code lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import OrderedDict
+from fractions import Fraction
+from typing import Any
+
+#: Inputs kept open per worker (least recently used first out).
+OPEN_INPUTS = 4
+#: "At or before T" tolerance, as domain.frames.TOL.
+TOL = 1e-6
+#: Decoders this worker runs; the server sends nothing else (warm.serves), this is the backstop.
+CODECS = frozenset({"h264", "hevc"})
+PIXEL_FORMATS = frozenset({"yuv420p", "yuvj420p"})
+#: The mjpeg encoder's lambda per quantiser step (FFmpeg's FF_QP2LAMBDA): -q:v N is N of these.
+_QP2LAMBDA = 118
+
+
+class Refused(Exception):
+    """Not a case this worker serves exactly; the server takes the ffmpeg path."""
+
+
+class Worker:
+    def __init__(self, av: Any) -> None:
+        self.av = av
+        self.inputs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.encoders: dict[tuple[int, int, str, int], Any] = {}
+
+    def container(self, req: dict[str, Any]) -> Any:
+        key = (req["url"], *req["version"])
+        found = self.inputs.get(key)
+        if found is not None:
+            self.inputs.move_to_end(key)
+            return found
+        # The same bounds as ffmpeg's input options (hardening.input_options), given to the
+        # demuxer and to every decoder it opens.
+        options = {str(k): str(v) for k, v in req["options"].items()}
+        container = self.av.open(req["url"], mode="r", options=options, container_options=options)
+        video = container.streams.video[0] if container.streams.video else None
+        if video is None or video.codec_context.name not in CODECS:
+            container.close()
+            raise Refused("codec")
+        # Only the video stream is read: the demuxer skips every other stream's packets.
+        for stream in container.streams:
+            if stream.index != video.index:
+                stream.discard = "all"
+        video.thread_type = "AUTO"
+        video.thread_count = int(req.get("threads", 0))
+        self.inputs[key] = container
+        while len(self.inputs) > OPEN_INPUTS:
+            _, old = self.inputs.popitem(last=False)
+            old.close()
+        return container
+
+    def drop(self, req: dict[str, Any]) -> None:
+        old = self.inputs.pop((req["url"], *req["version"]), None)
+        if old is not None:
+            old.close()
+
+    def encoder(self, width: int, height: int, pix_fmt: str, qscale: int) -> Any:
+        key = (width, height, pix_fmt, qscale)
+        ctx = self.encoders.get(key)
+        if ctx is None:
+            ctx = self.av.CodecContext.create("mjpeg", "w")
+            ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
+            ctx.time_base = Fraction(1, 25)
+            # -q:v N: a fixed quantiser (qmin/qmax pinned so the rate control keeps it).
+            ctx.qscale = True
+            ctx.global_quality = qscale * _QP2LAMBDA
+            ctx.qmin = ctx.qmax = qscale
+            self.encoders.clear()  # one size at a time: each holds its own buffers
+            self.encoders[key] = ctx
+        return ctx
+
+    def exact(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Seek to the keyframe at or before ``seek`` (absolute seconds, the file's clock),
+        decode up to the first frame after ``target``, write the last frame at or before it
+        (or the first frame, when the seek was from the start and none is)."""
+        container = self.container(req)
+        video = container.streams.video[0]
+        tb = video.time_base
+        target = Fraction(req["target"])
+        # Floor: a seek that lands a keyframe early costs frames, never the answer.
+        container.seek(int(Fraction(req["seek"]) / tb), stream=video, backward=True, any_frame=False)
+        decoded: list[float] = []
+        first: Any = None
+        chosen: Any = None
+        limit = int(req["max_frames"])
+        for frame in container.decode(video):
+            if frame.pts is None:
+                raise Refused("a frame without a timestamp")
+            t = frame.pts * tb
+            decoded.append(float(t))
+            first = frame if first is None else first
+            if t > target + Fraction(TOL):
+                break
+            chosen = frame
+            if len(decoded) >= limit:
+                raise Refused("too many frames before the target")
+        if chosen is None and req["from_start"]:
+            # T before the first frame: the first frame is what a player shows.
+            chosen = first
+        answer: dict[str, Any] = {"ok": True, "decoded": decoded, "written": None}
+        if chosen is not None:
+            width, height = self.write(chosen, req)
+            answer.update(written=float(chosen.pts * tb), width=width, height=height)
+        return answer
+
+    def write(self, frame: Any, req: dict[str, Any]) -> tuple[int, int]:
+        if frame.format.name not in PIXEL_FORMATS:
+            raise Refused(f"pixel format {frame.format.name}")
+        if getattr(frame, "rotation", 0):
+            raise Refused("rotation")
+        width, height = int(req["width"]), int(req["height"])
+        pix_fmt = "yuvj444p" if req["full_chroma"] else "yuvj420p"
+        # The scale filter of the ffmpeg path (argv.scale_chain): Lanczos, to the output size
+        # and the encoder's full-range format in one swscale pass.
+        picture = frame.reformat(width=width, height=height, format=pix_fmt, interpolation="LANCZOS")
+        ctx = self.encoder(width, height, pix_fmt, int(req["qscale"]))
+        packets = ctx.encode(picture)
+        if not packets:
+            packets = ctx.encode(None)
+            self.encoders.clear()  # flushed: a new one next time
+        data = b"".join(bytes(p) for p in packets)
+        with open(req["out"], "wb") as out:
+            out.write(data)
+        return width, height
+
+
+def main() -> None:
+    # The protocol has stdout to itself: anything a library prints goes to stderr.
+    reply = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    import av  # after the redirect: its import must not write to the protocol
+
+    av.logging.set_level(None)
+    worker = Worker(av)
+    reply.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            answer = worker.exact(req)
+        except Refused as exc:
+            answer = {"ok": False, "reason": str(exc)}
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            # A read or decode error: the ffmpeg path judges the input and reports it.
+            worker.drop(req)
+            answer = {"ok": False, "reason": f"{type(exc).__name__}: {exc}"[:200], "error": True}
+        reply.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    main()
