@@ -118,8 +118,8 @@ class Settings:
     #: batches are sized from the measured memory per input to stay within it.
     job_memory_mb: int = 300
     #: Warm decoder workers (media.warm: PyAV processes that keep local inputs open and
-    #: take common snapshots without starting ffmpeg); -1: one per process slot
-    #: (max_ffmpeg_processes + sync_reserved_processes); 0: off, every capture runs ffmpeg.
+    #: take common snapshots without starting ffmpeg); -1: one per shared process slot
+    #: (max_ffmpeg_processes); 0: off, every capture runs ffmpeg.
     warm_workers: int = -1
     #: Requests one warm worker answers before it is replaced by a fresh one.
     warm_worker_requests: int = 200
@@ -246,7 +246,7 @@ class Settings:
 
     def resolved_warm_workers(self) -> int:
         if self.warm_workers < 0:
-            return self.max_ffmpeg_processes + self.sync_reserved_processes
+            return self.max_ffmpeg_processes
         return self.warm_workers
 
     def resolved_ffprobe(self) -> str:

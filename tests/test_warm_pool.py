@@ -56,6 +56,7 @@ def make_engine(tmp: Path, workers: int, **kw: int) -> MediaEngine:
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[MediaEngine]:
     e = make_engine(tmp_path, 2)
+    await wait_workers(e, 2)  # a request finding no idle worker runs ffmpeg instead
     yield e
     await e.close()
 
@@ -265,6 +266,7 @@ async def test_a_crashed_worker_is_replaced_and_the_request_falls_back(
     )
     assert frame.time_s == pytest.approx(3.0)
     # Dead idle workers are noticed when taken and replaced; the pool serves again.
+    await asyncio.sleep(0.2)
     assert len(await wait_workers(engine, 2)) == 2
     again = tmp_path / "again"
     again.mkdir()
@@ -286,6 +288,7 @@ async def test_workers_are_recycled_after_n_requests(videos: dict[str, Video], t
         for n in range(3):
             folder = tmp_path / f"r{n}"
             folder.mkdir()
+            await wait_workers(engine, 1)
             await engine.snapshot(
                 handle,
                 info,

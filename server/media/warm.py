@@ -121,7 +121,7 @@ class WarmPool:
         tmp_dir: Path,
         cpu_seconds: int,
         memory_bytes: int,
-        threads: int = 0,
+        threads: int = 2,
         python: str | None = None,
     ) -> None:
         self.size = size
@@ -129,6 +129,9 @@ class WarmPool:
         #: The workers' private folders: beside the engine's work folders, not among them
         #: (those hold only the work of running captures), swept when the pool starts.
         self.tmp_dir = tmp_dir.with_name(".warm")
+        #: Decoder threads per worker. Frame threads: two decode a GOP's frames side by side
+        #: on two cores (a sync snapshot mid-GOP decodes up to a GOP), and each thread holds
+        #: its own reference frames (about 5 MB per thread more at 1080p than one).
         self.threads = threads
         self.python = python or sys.executable
         self._limits = process.Limits(wall_seconds=0, cpu_seconds=cpu_seconds, address_space_bytes=memory_bytes)
@@ -138,7 +141,6 @@ class WarmPool:
         self._refused: collections.OrderedDict[tuple[Any, ...], None] = collections.OrderedDict()
         self._started = False
         self._closed = False
-        self._off = asyncio.Event()
         #: Why the pool stopped serving (workers cannot start); "" while it serves.
         self.broken = ""
         #: Counters for tests and logs: workers started, requests answered by the pool,
@@ -164,7 +166,6 @@ class WarmPool:
 
     async def close(self) -> None:
         self._closed = True
-        self._off.set()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -210,7 +211,6 @@ class WarmPool:
         if not self.broken:
             log.warning("warm decoder pool off, every capture takes the ffmpeg path: %s", reason)
         self.broken = reason
-        self._off.set()  # requests waiting for a worker take the ffmpeg path
 
     async def _retire(self, worker: _Worker) -> None:
         self._all.discard(worker)
@@ -220,28 +220,19 @@ class WarmPool:
         await asyncio.to_thread(shutil.rmtree, worker.folder, True)
 
     async def _take(self) -> _Worker | None:
+        """An idle worker, or None when none is idle (still starting, or all busy: the
+        engine's slots allow ``sync_reserved_processes`` more runs than the pool has
+        workers, and those run ffmpeg instead of waiting)."""
         if self.broken or self._closed:
             return None
         self.start()
-        while True:
-            if self._idle.empty():
-                getting = asyncio.ensure_future(self._idle.get())
-                off = asyncio.ensure_future(self._off.wait())
-                try:
-                    await asyncio.wait((getting, off), return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    off.cancel()
-                    if not getting.done():
-                        getting.cancel()
-                if not getting.done() or getting.cancelled():
-                    return None
-                worker = getting.result()
-            else:
-                worker = self._idle.get_nowait()
+        while not self._idle.empty():
+            worker = self._idle.get_nowait()
             if worker.alive:
                 return worker
             await self._retire(worker)
             self._replace()
+        return None
 
     def _give_back(self, worker: _Worker) -> None:
         recycle = worker.served >= self.max_requests or worker.cpu_seconds() > self._limits.cpu_seconds / 2
@@ -292,6 +283,8 @@ class WarmPool:
                 task.add_done_callback(self._tasks.discard)
                 if not self._closed:
                     self._replace()
+        if not answer.get("ok"):
+            log.info("warm worker refused a capture: %s", answer.get("reason"))
         if answer.get("error"):
             self._remember_refused(request)
         return answer if answer.get("ok") else None

@@ -19,6 +19,7 @@ PyAV, never the server's packages, so it starts fast and wherever the code lives
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -45,7 +46,6 @@ class Worker:
     def __init__(self, av: Any) -> None:
         self.av = av
         self.inputs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self.encoders: dict[tuple[int, int, str, int], Any] = {}
 
     def container(self, req: dict[str, Any]) -> Any:
         key = (req["url"], *req["version"])
@@ -64,7 +64,8 @@ class Worker:
         # Only the video stream is read: the demuxer skips every other stream's packets.
         for stream in container.streams:
             if stream.index != video.index:
-                stream.discard = "all"
+                with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+                    stream.discard = type(stream.discard)["all"]  # an enum since PyAV 14
         video.thread_type = "AUTO"
         video.thread_count = int(req.get("threads", 0))
         self.inputs[key] = container
@@ -79,18 +80,15 @@ class Worker:
             old.close()
 
     def encoder(self, width: int, height: int, pix_fmt: str, qscale: int) -> Any:
-        key = (width, height, pix_fmt, qscale)
-        ctx = self.encoders.get(key)
-        if ctx is None:
-            ctx = self.av.CodecContext.create("mjpeg", "w")
-            ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
-            ctx.time_base = Fraction(1, 25)
-            # -q:v N: a fixed quantiser (qmin/qmax pinned so the rate control keeps it).
-            ctx.qscale = True
-            ctx.global_quality = qscale * _QP2LAMBDA
-            ctx.qmin = ctx.qmax = qscale
-            self.encoders.clear()  # one size at a time: each holds its own buffers
-            self.encoders[key] = ctx
+        """A fresh mjpeg encoder (about a millisecond to open): FFmpeg refuses a second
+        frame once an encoder has been drained, and draining is how its packet comes out."""
+        ctx = self.av.CodecContext.create("mjpeg", "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
+        ctx.time_base = Fraction(1, 25)
+        # -q:v N: a fixed quantiser (qmin/qmax pinned so the rate control keeps it).
+        ctx.qscale = True
+        ctx.global_quality = qscale * _QP2LAMBDA
+        ctx.qmin = ctx.qmax = qscale
         return ctx
 
     def exact(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -138,10 +136,8 @@ class Worker:
         # and the encoder's full-range format in one swscale pass.
         picture = frame.reformat(width=width, height=height, format=pix_fmt, interpolation="LANCZOS")
         ctx = self.encoder(width, height, pix_fmt, int(req["qscale"]))
-        packets = ctx.encode(picture)
-        if not packets:
-            packets = ctx.encode(None)
-            self.encoders.clear()  # flushed: a new one next time
+        picture.pts = None
+        packets = [*ctx.encode(picture), *ctx.encode(None)]
         data = b"".join(bytes(p) for p in packets)
         with open(req["out"], "wb") as out:
             out.write(data)
