@@ -245,7 +245,7 @@ class WarmPool:
             return
         self._idle.put_nowait(worker)
 
-    async def _ask(self, request: dict[str, Any], wall_seconds: float) -> dict[str, Any] | None:
+    async def _ask(self, request: dict[str, Any], deadline: float, limit_s: float) -> dict[str, Any] | None:
         """One request to an idle worker; None when the pool cannot answer it (the caller
         takes the ffmpeg path). A timeout kills the worker and fails like an ffmpeg run."""
         worker = await self._take()
@@ -254,7 +254,7 @@ class WarmPool:
         assert worker.proc.stdin is not None and worker.proc.stdout is not None
         healthy = False
         try:
-            async with asyncio.timeout(max(0.1, wall_seconds)):
+            async with asyncio.timeout_at(deadline):
                 worker.proc.stdin.write(json.dumps(request).encode() + b"\n")
                 await worker.proc.stdin.drain()
                 line = await worker.proc.stdout.readline()
@@ -264,7 +264,7 @@ class WarmPool:
             healthy = True
         except TimeoutError:
             raise ResourceContentBad(
-                f"Decoding the input took longer than {wall_seconds:g} s and was stopped; "
+                f"Decoding the input took longer than {limit_s:g} s and was stopped; "
                 "the file may be damaged or unreadable."
             ) from None
         except (_Lost, ValueError, ConnectionError) as exc:
@@ -284,8 +284,9 @@ class WarmPool:
                 if not self._closed:
                     self._replace()
         if not answer.get("ok"):
-            log.info("warm worker refused a capture: %s", answer.get("reason"))
-        if answer.get("error"):
+            # Refusals come from the file (its pixel format, a decode error): the ffmpeg path
+            # takes this object version from now on, without a wasted decode first.
+            log.info("warm worker refused a capture (the ffmpeg path takes it): %s", answer.get("reason"))
             self._remember_refused(request)
         return answer if answer.get("ok") else None
 
@@ -325,7 +326,8 @@ class WarmPool:
         out = workdir / f"{name}.jpg"
         options = input_options(handle.protocols)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wall_seconds
+        # One limit for all of this point's runs, like an ffmpeg run's (at least 0.1 s).
+        deadline = loop.time() + max(0.1, wall_seconds)
         for _ in range(_MAX_RUNS):
             out.unlink(missing_ok=True)
             answer = await self._ask(
@@ -345,7 +347,8 @@ class WarmPool:
                     "full_chroma": enc.full_chroma,
                     "qscale": JPEG_QUALITY if enc.quality is None else jpeg_qscale(enc.quality),
                 },
-                deadline - loop.time(),
+                deadline,
+                max(0.1, wall_seconds),
             )
             if answer is None:
                 break
@@ -366,8 +369,10 @@ class WarmPool:
             ):
                 w, h = check_jpeg(out, max_bytes)
                 self.served += 1
+                log.debug("warm capture at %.6f s: decode %s ms, encode %s ms", decision.time_s, *answer["ms"])
                 return Frame(out, decision.time_s, w, h)
             # Past the end or undecodable: the ffmpeg path says which, with its messages.
+            log.debug("warm capture at %.6f s not proven (%s): the ffmpeg path takes it", time_s, decision)
             break
         self.fallbacks += 1
         return None

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from collections import OrderedDict
 from fractions import Fraction
 from typing import Any
@@ -95,6 +96,7 @@ class Worker:
         """Seek to the keyframe at or before ``seek`` (absolute seconds, the file's clock),
         decode up to the first frame after ``target``, write the last frame at or before it
         (or the first frame, when the seek was from the start and none is)."""
+        started = time.perf_counter()
         container = self.container(req)
         video = container.streams.video[0]
         tb = video.time_base
@@ -120,9 +122,12 @@ class Worker:
             # T before the first frame: the first frame is what a player shows.
             chosen = first
         answer: dict[str, Any] = {"ok": True, "decoded": decoded, "written": None}
+        decoding = time.perf_counter() - started
         if chosen is not None:
             width, height = self.write(chosen, req)
             answer.update(written=float(chosen.pts * tb), width=width, height=height)
+        # Where the time went (open+seek+decode, scale+encode+write), for logs and benchmarks.
+        answer["ms"] = [round(decoding * 1000, 1), round((time.perf_counter() - started - decoding) * 1000, 1)]
         return answer
 
     def write(self, frame: Any, req: dict[str, Any]) -> tuple[int, int]:
