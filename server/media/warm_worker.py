@@ -20,6 +20,7 @@ PyAV, never the server's packages, so it starts fast and wherever the code lives
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
@@ -44,8 +45,11 @@ class Refused(Exception):
 
 
 class Worker:
-    def __init__(self, av: Any) -> None:
+    def __init__(self, av: Any, image: Any) -> None:
         self.av = av
+        #: PIL.Image
+        self.image = image
+        self.qtables: dict[int, Any] = {}
         self.inputs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
 
     def container(self, req: dict[str, Any]) -> Any:
@@ -80,17 +84,28 @@ class Worker:
         if old is not None:
             old.close()
 
-    def encoder(self, width: int, height: int, pix_fmt: str, qscale: int) -> Any:
-        """A fresh mjpeg encoder (about a millisecond to open): FFmpeg refuses a second
-        frame once an encoder has been drained, and draining is how its packet comes out."""
-        ctx = self.av.CodecContext.create("mjpeg", "w")
-        ctx.width, ctx.height, ctx.pix_fmt = width, height, pix_fmt
-        ctx.time_base = Fraction(1, 25)
-        # -q:v N: a fixed quantiser (qmin/qmax pinned so the rate control keeps it).
-        ctx.qscale = True
-        ctx.global_quality = qscale * _QP2LAMBDA
-        ctx.qmin = ctx.qmax = qscale
-        return ctx
+    def tables(self, qscale: int) -> Any:
+        """The quantisation tables FFmpeg's mjpeg encoder writes at ``-q:v qscale``, read
+        from a 16x16 encode (cached): Pillow then quantises a frame exactly as the ffmpeg
+        path's encoder does. (Encoding with the mjpeg encoder itself at 1080p costs 35 MB
+        more memory per worker, and more time, than libjpeg-turbo.)"""
+        found = self.qtables.get(qscale)
+        if found is None:
+            ctx = self.av.CodecContext.create("mjpeg", "w")
+            ctx.width = ctx.height = 16
+            ctx.pix_fmt = "yuvj420p"
+            ctx.time_base = Fraction(1, 25)
+            # -q:v N: a fixed quantiser (qmin/qmax pinned so the rate control keeps it).
+            ctx.qscale = True
+            ctx.global_quality = qscale * _QP2LAMBDA
+            ctx.qmin = ctx.qmax = qscale
+            tiny = self.av.VideoFrame(16, 16, "yuvj420p")
+            for plane in tiny.planes:
+                plane.update(bytes(plane.buffer_size))
+            data = b"".join(bytes(p) for p in [*ctx.encode(tiny), *ctx.encode(None)])
+            with self.image.open(io.BytesIO(data)) as img:
+                found = self.qtables[qscale] = img.quantization
+        return found
 
     def exact(self, req: dict[str, Any]) -> dict[str, Any]:
         """Seek to the keyframe at or before ``seek`` (absolute seconds, the file's clock),
@@ -199,14 +214,27 @@ class Worker:
         if getattr(frame, "rotation", 0):
             raise Refused("rotation")
         width, height = int(req["width"]), int(req["height"])
-        pix_fmt = "yuvj444p" if req["full_chroma"] else "yuvj420p"
-        # The scale filter of the ffmpeg path (argv.scale_chain): Lanczos, to the output size
-        # and the encoder's full-range format in one swscale pass.
-        picture = frame.reformat(width=width, height=height, format=pix_fmt, interpolation="LANCZOS")
-        ctx = self.encoder(width, height, pix_fmt, int(req["qscale"]))
-        picture.pts = None
-        packets = [*ctx.encode(picture), *ctx.encode(None)]
-        data = b"".join(bytes(p) for p in packets)
+        # The scale filter of the ffmpeg path (argv.scale_chain): Lanczos to the output size
+        # and the encoder's full-range YCbCr format, in one swscale pass, so the planes are
+        # the ones that path encodes. libjpeg-turbo then encodes them without a colour
+        # conversion: 4:2:0 chroma goes in repeated 2x2 (libjpeg's 2x2 average gives each
+        # sample back exactly), at the mjpeg encoder's tables.
+        full = bool(req["full_chroma"])
+        picture = frame.reformat(
+            width=width, height=height, format="yuvj444p" if full else "yuvj420p", interpolation="LANCZOS"
+        )
+        planes = []
+        for n, plane in enumerate(picture.planes):
+            size = (plane.width, plane.height)
+            img = self.image.frombuffer("L", size, plane, "raw", "L", plane.line_size, 1)
+            if n and not full:
+                img = img.resize((width, height), self.image.Resampling.NEAREST)
+            planes.append(img)
+        buffer = io.BytesIO()
+        self.image.merge("YCbCr", planes).save(
+            buffer, "JPEG", qtables=self.tables(int(req["qscale"])), subsampling=0 if full else 2
+        )
+        data = buffer.getvalue()
         with open(req["out"], "wb") as out:
             out.write(data)
         return width, height
@@ -240,9 +268,10 @@ def main() -> None:
     reply = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     import av  # after the redirect: its import must not write to the protocol
+    from PIL import Image
 
     av.logging.set_level(None)
-    worker = Worker(av)
+    worker = Worker(av, Image)
     reply.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
         req = json.loads(line)
