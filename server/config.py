@@ -122,7 +122,7 @@ class Settings:
     #: (max_ffmpeg_processes); 0: off, every capture runs ffmpeg.
     warm_workers: int = -1
     #: Requests one warm worker answers before it is replaced by a fresh one.
-    warm_worker_requests: int = 200
+    warm_worker_requests: int = 500
     #: Largest snapshot image accepted from ffmpeg, in bytes.
     max_image_bytes: int = 32 * 1024 * 1024
     #: Largest input object accepted from S3-compatible storage, in bytes (100 GiB).

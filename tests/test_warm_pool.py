@@ -334,3 +334,37 @@ async def test_close_leaves_no_worker(videos: dict[str, Video], tmp_path: Path) 
     await engine.close()
     for pid in pids:
         assert not _alive(pid)
+
+
+async def test_a_capture_finding_every_worker_busy_runs_ffmpeg(slow_video: Video, tmp_path: Path) -> None:
+    """The engine's slots allow sync_reserved_processes more runs than the pool has workers:
+    such a run does not wait for a worker, it runs ffmpeg."""
+    engine = make_engine(tmp_path, 1)
+    try:
+        await wait_workers(engine, 1)
+        handle = handle_of(slow_video.path)
+        info = await engine.probe(handle, "busy", 30)
+        folders = [tmp_path / f"b{n}" for n in range(2)]
+        for f in folders:
+            f.mkdir()
+        got = await asyncio.gather(
+            *(
+                engine.snapshot(
+                    handle,
+                    info,
+                    time_s=9.5,
+                    frame_type=FrameType.NORMAL,
+                    enc=Encoding(),
+                    workdir=f,
+                    wall_seconds=30,
+                    priority=Priority.SYNC,
+                )
+                for f in folders
+            )
+        )
+        assert [g.time_s for g in got] == [pytest.approx(9.5)] * 2
+        assert engine.warm is not None and engine.warm.served == 1
+        with Image.open(got[0].path) as a, Image.open(got[1].path) as b:
+            assert mean_diff(a, b) < JPEG_NOISE
+    finally:
+        await engine.close()

@@ -116,7 +116,7 @@ class MediaEngine:
         job_memory_mb: float = 300.0,
         local_ffmpeg: str | None = None,
         warm_workers: int = 0,
-        warm_worker_requests: int = 200,
+        warm_worker_requests: int = 500,
     ) -> None:
         self.telemetry = telemetry or Telemetry()
         self.ffmpeg = ffmpeg

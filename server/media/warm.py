@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -141,6 +142,9 @@ class WarmPool:
         self._refused: collections.OrderedDict[tuple[Any, ...], None] = collections.OrderedDict()
         self._started = False
         self._closed = False
+        #: Workers answering a request, and workers starting.
+        self._busy = 0
+        self._spawning = 0
         #: Why the pool stopped serving (workers cannot start); "" while it serves.
         self.broken = ""
         #: Counters for tests and logs: workers started, requests answered by the pool,
@@ -177,6 +181,13 @@ class WarmPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _spawn(self) -> None:
+        self._spawning += 1
+        try:
+            await self._start_one()
+        finally:
+            self._spawning -= 1
+
+    async def _start_one(self) -> None:
         folder = Path(tempfile.mkdtemp(prefix="warm-", dir=self.tmp_dir))
         try:
             proc = await process.start_worker(
@@ -220,21 +231,33 @@ class WarmPool:
         await asyncio.to_thread(shutil.rmtree, worker.folder, True)
 
     async def _take(self) -> _Worker | None:
-        """An idle worker, or None when none is idle (still starting, or all busy: the
-        engine's slots allow ``sync_reserved_processes`` more runs than the pool has
-        workers, and those run ffmpeg instead of waiting)."""
+        """An idle worker; None when all ``size`` are busy (the engine's slots allow
+        ``sync_reserved_processes`` more runs than the pool has workers, and those run
+        ffmpeg instead of waiting). A worker being replaced is waited for: it is ready within
+        a few tenths of a second, sooner than an ffmpeg process would be."""
         if self.broken or self._closed:
             return None
         self.start()
-        while not self._idle.empty():
-            worker = self._idle.get_nowait()
-            if worker.alive:
-                return worker
-            await self._retire(worker)
-            self._replace()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + _START_S
+        while not self.broken and not self._closed:
+            if not self._idle.empty():
+                worker = self._idle.get_nowait()
+                if worker.alive:
+                    self._busy += 1
+                    return worker
+                await self._retire(worker)
+                self._replace()
+                continue
+            if self._busy >= self.size or not self._spawning or loop.time() > give_up:
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.02):
+                    self._idle.put_nowait(await self._idle.get())
         return None
 
     def _give_back(self, worker: _Worker) -> None:
+        self._busy -= 1
         recycle = worker.served >= self.max_requests or worker.cpu_seconds() > self._limits.cpu_seconds / 2
         if self._closed or recycle or not worker.alive:
             task = asyncio.get_running_loop().create_task(self._retire(worker))
@@ -278,6 +301,7 @@ class WarmPool:
                 self._give_back(worker)
             else:
                 # Timed out, crashed or cancelled mid-request: its state is unknown.
+                self._busy -= 1
                 task = asyncio.get_running_loop().create_task(self._retire(worker))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
