@@ -19,7 +19,7 @@ from server.domain.errors import ResourceContentBad
 from server.domain.fit import Geometry
 from server.domain.formats import ImageFormat
 from server.domain.models import FrameType
-from server.media import capture, warm
+from server.media import capture, probe, warm
 from server.media.argv import Encoding, Source
 from server.media.engine import MediaEngine, Priority
 from server.media.probe import MediaInfo
@@ -368,3 +368,19 @@ async def test_a_capture_finding_every_worker_busy_runs_ffmpeg(slow_video: Video
             assert mean_diff(a, b) < JPEG_NOISE
     finally:
         await engine.close()
+
+
+async def test_the_keyframe_index_from_a_worker_is_ffprobes(
+    engine: MediaEngine, videos: dict[str, Video], heavy: Path, tmp_path: Path
+) -> None:
+    """An intra job's keyframe index comes from a worker's demux (no ffprobe beside the
+    workers): the same times and decoding timestamps as ffprobe's packet list."""
+    assert engine.warm is not None
+    for path in (videos["main"].path, videos["hd"].path, heavy):
+        handle = handle_of(path)
+        info = await engine.probe(handle, str(path), 30)
+        pooled = await engine.warm.key_index(handle, info, wall_seconds=30)
+        direct = await probe.probe_key_index(
+            "ffprobe", handle.url, handle.protocols, engine.limits(30), info.start_time_s, cwd=str(tmp_path)
+        )
+        assert pooled == direct and len(direct.times) >= 1

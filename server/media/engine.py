@@ -319,7 +319,8 @@ class MediaEngine:
         if handle.protocols != ("file",) or info.duration_s > KEY_INDEX_MAX_S:
             return None
         async with self._slot("key_index"), self.workdir("index") as folder:
-            keys = await probe_mod.probe_key_index(
+            from_pool = await self.warm.key_index(handle, info, wall_seconds=wall_seconds) if self.warm else None
+            keys = from_pool or await probe_mod.probe_key_index(
                 self.ffprobe,
                 handle.url,
                 handle.protocols,

@@ -44,7 +44,7 @@ from server.media import process
 from server.media.argv import JPEG_QUALITY, Encoding
 from server.media.capture import Frame, check_jpeg
 from server.media.hardening import input_options
-from server.media.probe import MediaInfo
+from server.media.probe import KeyIndex, MediaInfo, parse_key_index
 from server.storage.base import InputHandle
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,9 @@ class WarmPool:
             return
         self._idle.put_nowait(worker)
 
-    async def _ask(self, request: dict[str, Any], deadline: float, limit_s: float) -> dict[str, Any] | None:
+    async def _ask(
+        self, request: dict[str, Any], deadline: float, limit_s: float, slow: str = ""
+    ) -> dict[str, Any] | None:
         """One request to an idle worker; None when the pool cannot answer it (the caller
         takes the ffmpeg path). A timeout kills the worker and fails like an ffmpeg run."""
         worker = await self._take()
@@ -287,7 +289,8 @@ class WarmPool:
             healthy = True
         except TimeoutError:
             raise ResourceContentBad(
-                f"Decoding the input took longer than {limit_s:g} s and was stopped; "
+                slow.format(limit_s=limit_s)
+                or f"Decoding the input took longer than {limit_s:g} s and was stopped; "
                 "the file may be damaged or unreadable."
             ) from None
         except (_Lost, ValueError, ConnectionError) as exc:
@@ -320,6 +323,43 @@ class WarmPool:
         while len(self._refused) > _REFUSED_KEEP:
             self._refused.popitem(last=False)
 
+    def _request(self, handle: InputHandle) -> dict[str, Any] | None:
+        """What every request names: the input, its version, and ffmpeg's input options."""
+        try:
+            st = os.stat(handle.url.removeprefix("file:"))
+        except OSError:
+            return None  # the ffmpeg path reports it
+        version = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+        if (handle.url, *version) in self._refused:
+            return None
+        options = input_options(handle.protocols)
+        # The options before ffmpeg's -i, as a dictionary: -protocol_whitelist file ...
+        return {
+            "url": handle.url,
+            "version": version,
+            "options": {options[i].lstrip("-"): options[i + 1] for i in range(0, len(options), 2)},
+        }
+
+    async def key_index(self, handle: InputHandle, info: MediaInfo, *, wall_seconds: float) -> KeyIndex | None:
+        """The keyframe index ffprobe would list (probe.parse_key_index of the same CSV),
+        from one demux in a worker, so an intra job runs no ffprobe beside its workers
+        (their memory counts in ``job_memory_mb``); None: the ffprobe path builds it."""
+        if self.broken or refusal(handle, info, Encoding()):
+            return None
+        request = self._request(handle)
+        if request is None:
+            return None
+        limit = max(0.1, wall_seconds)
+        answer = await self._ask(
+            {**request, "op": "index"},
+            asyncio.get_running_loop().time() + limit,
+            limit,
+            "Reading the input's keyframes took longer than {limit_s:g} s.",
+        )
+        if answer is None:
+            return None
+        return parse_key_index(str(answer["csv"]), info.start_time_s)
+
     async def exact(
         self,
         handle: InputHandle,
@@ -336,19 +376,13 @@ class WarmPool:
         serves, or not one it could prove (the caller then runs ffmpeg)."""
         if self.broken or refusal(handle, info, enc):
             return None
-        path = handle.url.removeprefix("file:")
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None  # the ffmpeg path reports it
-        version = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-        if (handle.url, *version) in self._refused:
+        request = self._request(handle)
+        if request is None:
             return None
         width, height = info.output_size(enc.width, enc.height)
         origin = info.start_time_s
         seek = max(0.0, time_s - info.seek_lead_s)
         out = workdir / f"{name}.jpg"
-        options = input_options(handle.protocols)
         loop = asyncio.get_running_loop()
         # One limit for all of this point's runs, like an ffmpeg run's (at least 0.1 s).
         deadline = loop.time() + max(0.1, wall_seconds)
@@ -356,10 +390,7 @@ class WarmPool:
             out.unlink(missing_ok=True)
             answer = await self._ask(
                 {
-                    "url": handle.url,
-                    "version": version,
-                    # The options before ffmpeg's -i, as a dictionary: -protocol_whitelist file ...
-                    "options": {options[i].lstrip("-"): options[i + 1] for i in range(0, len(options), 2)},
+                    **request,
                     "threads": self.threads,
                     "seek": origin + seek,
                     "target": origin + time_s,

@@ -79,6 +79,27 @@ class Worker:
             old.close()
         return container
 
+    def index(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The keyframe index, as ffprobe's ``packet=pts,dts,flags:stream=time_base`` CSV
+        (argv.key_index_argv) lists it, for probe.parse_key_index: the pts and dts of every
+        video packet the container flags as a keyframe, and the stream's time base. One
+        demux of the whole file, from a container of its own (the cached ones keep their
+        place)."""
+        options = {str(k): str(v) for k, v in req["options"].items()}
+        with self.av.open(req["url"], mode="r", options=options, container_options=options) as container:
+            video = container.streams.video[0] if container.streams.video else None
+            if video is None or video.codec_context.name not in CODECS:
+                raise Refused("codec")
+            for stream in container.streams:
+                if stream.index != video.index:
+                    with contextlib.suppress(AttributeError, KeyError, TypeError, ValueError):
+                        stream.discard = type(stream.discard)["all"]
+            lines = [f"{video.time_base.numerator}/{video.time_base.denominator}"]
+            for packet in container.demux(video):
+                if packet.is_keyframe and packet.pts is not None:
+                    lines.append(f"{packet.pts},{'N/A' if packet.dts is None else packet.dts},K_")
+        return {"ok": True, "csv": "\n".join(lines)}
+
     def drop(self, req: dict[str, Any]) -> None:
         old = self.inputs.pop((req["url"], *req["version"]), None)
         if old is not None:
@@ -276,7 +297,7 @@ def main() -> None:
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            answer = worker.exact(req)
+            answer = worker.index(req) if req.get("op") == "index" else worker.exact(req)
         except Refused as exc:
             answer = {"ok": False, "reason": str(exc)}
         except (av.FFmpegError, OSError, ValueError) as exc:
