@@ -61,6 +61,8 @@ _MAX_RUNS = 6
 _MAX_FRAMES = 20000
 #: How long a worker may take to start (import PyAV) before it counts as failed.
 _START_S = 30.0
+#: How long a capture waits for a worker that is being started before it runs ffmpeg.
+_WAIT_SPAWN_S = 1.0
 #: Inputs whose worker crashed or timed out are not sent to the pool again (per version).
 _REFUSED_KEEP = 256
 
@@ -234,12 +236,12 @@ class WarmPool:
         """An idle worker; None when all ``size`` are busy (the engine's slots allow
         ``sync_reserved_processes`` more runs than the pool has workers, and those run
         ffmpeg instead of waiting). A worker being replaced is waited for: it is ready within
-        a few tenths of a second, sooner than an ffmpeg process would be."""
+        a few tenths of a second (at most ``_WAIT_SPAWN_S``, then ffmpeg runs instead)."""
         if self.broken or self._closed:
             return None
         self.start()
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + _START_S
+        give_up = loop.time() + _WAIT_SPAWN_S
         while not self.broken and not self._closed:
             if not self._idle.empty():
                 worker = self._idle.get_nowait()
