@@ -143,7 +143,12 @@ class Stopwatch:
         self.t0 = time.perf_counter()
 
     def _ours(self) -> float:
-        return own_cpu_s() + (proc_cpu_s(self.server_pid) if self.server_pid else 0.0)
+        if not self.server_pid:
+            return own_cpu_s()
+        # Live children count too: the warm decoder workers live across jobs (their CPU is
+        # in cutime only once the server has reaped them), ffmpeg runs are reaped at once.
+        live = sum(proc_cpu_s(k) for k in _children(self.server_pid))
+        return own_cpu_s() + proc_cpu_s(self.server_pid) + live
 
     def stop(self) -> Measure:
         seconds = time.perf_counter() - self.t0

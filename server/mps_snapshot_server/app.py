@@ -169,6 +169,7 @@ class App:
         ]
         self.engine = MediaEngine.from_settings(s, self.telemetry)
         self.engine.sweep()
+        self.engine.start_warm()
         self.pipelines = PipelineRegistry(
             self.store, default_max_jobs=s.pipeline_max_concurrent_jobs, default_capacity=s.pipeline_queue_capacity
         )
@@ -340,6 +341,7 @@ class App:
         await asyncio.gather(*stopping)
         await self.runner.wait_recorded(2.0)
         await self.scheduler.stop(max(0.0, deadline - loop.time()))
+        await self.engine.close()
         await self.router.close()
         await self.store.close()
         self.telemetry.tracing.shutdown()

@@ -117,6 +117,12 @@ class Settings:
     #: Memory the ffmpeg processes of one asynchronous job may use together, in MB: seek
     #: batches are sized from the measured memory per input to stay within it.
     job_memory_mb: int = 300
+    #: Warm decoder workers (media.warm: PyAV processes that keep local inputs open and
+    #: take common snapshots without starting ffmpeg); -1: one per shared process slot
+    #: (max_ffmpeg_processes); 0: off, every capture runs ffmpeg.
+    warm_workers: int = -1
+    #: Requests one warm worker answers before it is replaced by a fresh one.
+    warm_worker_requests: int = 500
     #: Largest snapshot image accepted from ffmpeg, in bytes.
     max_image_bytes: int = 32 * 1024 * 1024
     #: Largest input object accepted from S3-compatible storage, in bytes (100 GiB).
@@ -237,6 +243,11 @@ class Settings:
         if self.local_ffmpeg:
             return shutil.which(self.local_ffmpeg) or self.local_ffmpeg
         return self.resolved_ffmpeg()
+
+    def resolved_warm_workers(self) -> int:
+        if self.warm_workers < 0:
+            return self.max_ffmpeg_processes
+        return self.warm_workers
 
     def resolved_ffprobe(self) -> str:
         return shutil.which(self.ffprobe) or self.ffprobe

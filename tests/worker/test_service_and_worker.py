@@ -58,6 +58,7 @@ async def wired(tmp_path: Path, videos: dict[str, Video]) -> AsyncIterator[Wired
     telemetry = Telemetry()
     engine = MediaEngine.from_settings(s, telemetry)
     engine.sweep()  # makes the work folder, as the server does at start-up
+    engine.start_warm()
     pipelines = PipelineRegistry(store, default_max_jobs=2, default_capacity=10)
     await pipelines.load()
     runner = JobRunner(
@@ -97,6 +98,7 @@ async def wired(tmp_path: Path, videos: dict[str, Video]) -> AsyncIterator[Wired
         yield Wired(jobs, scheduler, runner, local, s.data_dir, pipelines)
     finally:
         await scheduler.stop(0)
+        await engine.close()
 
 
 def _request(**config: object) -> SnapshotRequest:

@@ -20,8 +20,9 @@ from collections.abc import AsyncIterator, Hashable
 from pathlib import Path
 
 from mps_snapshot_server.config import Settings
+from mps_snapshot_server.domain import frames
 from mps_snapshot_server.domain.models import FrameType, SmartPick
-from mps_snapshot_server.media import animate, capture, picks, process
+from mps_snapshot_server.media import animate, capture, picks, process, warm
 from mps_snapshot_server.media import probe as probe_mod
 from mps_snapshot_server.media.argv import Animation, Encoding, Source
 from mps_snapshot_server.media.capture import Frame
@@ -115,6 +116,8 @@ class MediaEngine:
         telemetry: Telemetry,
         job_memory_mb: float,
         local_ffmpeg: str,
+        warm_workers: int,
+        warm_worker_requests: int,
     ) -> None:
         self.telemetry = telemetry
         self.ffmpeg = ffmpeg
@@ -147,6 +150,54 @@ class MediaEngine:
         self.peak_running = 0
         #: Processes started so far (tests use it to prove validation starts none).
         self.started = 0
+        #: The warm decoder pool (media.warm) for local inputs; None: every capture runs ffmpeg.
+        self.warm = (
+            warm.WarmPool(
+                size=warm_workers,
+                max_requests=warm_worker_requests,
+                tmp_dir=tmp_dir,
+                cpu_seconds=cpu_seconds,
+                memory_bytes=memory_bytes,
+            )
+            if warm_workers > 0
+            else None
+        )
+
+    def start_warm(self) -> None:
+        """Start the warm decoder workers in the background (after ``sweep``)."""
+        if self.warm is not None:
+            self.warm.start()
+
+    async def close(self) -> None:
+        if self.warm is not None:
+            await self.warm.close()
+
+    async def _warm_exact(
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        time_s: float,
+        enc: Encoding,
+        workdir: Path,
+        wall_seconds: float,
+        name: str = "warm",
+    ) -> Frame | None:
+        """The frame shown at ``time_s`` from the warm pool, or None (then ffmpeg runs)."""
+        if self.warm is None:
+            return None
+        return await self.warm.exact(
+            handle,
+            info,
+            time_s=time_s,
+            enc=enc,
+            workdir=workdir,
+            wall_seconds=wall_seconds,
+            max_bytes=self._max_image_bytes,
+            name=name,
+        )
+
+    def _warm_serves(self, handle: InputHandle, info: probe_mod.MediaInfo, enc: Encoding) -> bool:
+        return self.warm is not None and not self.warm.broken and not warm.refusal(handle, info, enc)
 
     @classmethod
     def from_settings(cls, s: Settings, telemetry: Telemetry) -> MediaEngine:
@@ -167,6 +218,8 @@ class MediaEngine:
             sync_reserved=s.sync_reserved_processes,
             telemetry=telemetry,
             job_memory_mb=s.job_memory_mb,
+            warm_workers=s.resolved_warm_workers(),
+            warm_worker_requests=s.warm_worker_requests,
         )
 
     def sweep(self) -> None:
@@ -290,7 +343,8 @@ class MediaEngine:
         if handle.protocols != ("file",) or info.duration_s > KEY_INDEX_MAX_S:
             return None
         async with self._slot("key_index"), self.workdir("index") as folder:
-            keys = await probe_mod.probe_key_index(
+            from_pool = await self.warm.key_index(handle, info, wall_seconds=wall_seconds) if self.warm else None
+            keys = from_pool or await probe_mod.probe_key_index(
                 self.ffprobe,
                 handle.url,
                 handle.protocols,
@@ -343,6 +397,14 @@ class MediaEngine:
         src = Source(handle.url, handle.protocols)
         limits = self.limits(wall_seconds)
         async with self._slot("snapshot", priority):
+            # The warm pool first (a seek and a decode in a running worker); None: ffmpeg.
+            target: float | None = time_s
+            if frame_type is FrameType.INTRA:
+                target = frames.nearest_keyframe(keys, time_s) if keys else None
+            if target is not None:
+                frame = await self._warm_exact(handle, info, target, enc, workdir, wall_seconds)
+                if frame is not None and (frame_type is FrameType.NORMAL or abs(frame.time_s - target) < frames.TOL):
+                    return frame
             if frame_type is FrameType.INTRA:
                 return await capture.capture_keyframe(
                     self._ffmpeg_for(handle),
@@ -399,6 +461,12 @@ class MediaEngine:
         wall_seconds: float,
     ) -> list[Frame | None]:
         async with self._slot("seek_batch"):
+            if not intra and self._warm_serves(handle, info, enc):
+                # One worker takes the points one after another (a None is taken on its own).
+                return [
+                    await self._warm_exact(handle, info, t, enc, workdir, wall_seconds, name=f"w{i}")
+                    for i, t in enumerate(times_s)
+                ]
             return await capture.seek_batch(
                 self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),
@@ -438,6 +506,14 @@ class MediaEngine:
         drop_others: bool,
     ) -> list[Frame | None]:
         async with self._slot("keyframe_pass"):
+            if self._warm_serves(handle, info, enc):
+                # Each chosen keyframe by a seek to it: the frame shown at a keyframe's time is
+                # that keyframe, proven by the decode; one the decode disagrees on is None.
+                found: list[Frame | None] = []
+                for i, key in enumerate(keys_s):
+                    frame = await self._warm_exact(handle, info, key, enc, workdir, wall_seconds, name=f"w{i}")
+                    found.append(frame if frame is not None and abs(frame.time_s - key) < frames.TOL else None)
+                return found
             return await capture.keyframe_pass(
                 self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),

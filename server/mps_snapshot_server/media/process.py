@@ -95,16 +95,7 @@ async def _read_capped(stream: asyncio.StreamReader, cap: int, keep_tail: bool) 
 async def run(argv: Sequence[str], *, limits: Limits, cwd: str | None = None, stderr_keep: int | None = None) -> Result:
     """Run ``argv`` to completion within ``limits``; kill its process group otherwise.
     ``stderr_keep``: bytes of the log kept at its head and at its tail (64 KiB each unless set)."""
-    proc = await asyncio.create_subprocess_exec(
-        *_wrapper(limits),
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=cwd,
-        env=minimal_env(),
-        start_new_session=True,
-    )
+    proc = await _start(argv, limits, cwd, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(
         _read_capped(proc.stdout, _STDOUT_MAX, keep_tail=False),
@@ -121,6 +112,35 @@ async def run(argv: Sequence[str], *, limits: Limits, cwd: str | None = None, st
         await _kill_group(proc)
         raise
     return classify(Result(code, out, err.decode(errors="replace")))
+
+
+async def start_worker(argv: Sequence[str], *, limits: Limits, cwd: str) -> asyncio.subprocess.Process:
+    """A long-lived worker (media.warm) under the same containment as every ffmpeg run:
+    pdeathsig, rlimits, its own session (``kill_group`` ends it whole), the minimal
+    environment, a private folder; stdin and stdout are its request pipe, stderr is dropped.
+    ``limits.wall_seconds`` does not apply: the caller bounds each request."""
+    return await _start(argv, limits, cwd, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+
+
+async def _start(
+    argv: Sequence[str], limits: Limits, cwd: str | None, *, stdin: int, stderr: int
+) -> asyncio.subprocess.Process:
+    """The one place a process starts: the wrapper, the minimal environment, a new session."""
+    return await asyncio.create_subprocess_exec(
+        *_wrapper(limits),
+        *argv,
+        stdin=stdin,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+        cwd=cwd,
+        env=minimal_env(),
+        start_new_session=True,
+    )
+
+
+async def kill_group(proc: asyncio.subprocess.Process) -> None:
+    """Kill a process started here and its whole group, and reap it."""
+    await _kill_group(proc)
 
 
 #: Signals that mean a limit ended the run, not the input: RLIMIT_CPU (SIGXCPU, then
