@@ -501,7 +501,10 @@ async def test_a_storage_outage_mid_job_is_retried_not_bad_content(tmp_path: Pat
 
 async def test_sigterm_reports_not_serving_first_and_records_a_cut_off_snapshot(tmp_path: Path, heavy: Path) -> None:
     put(tmp_path, "term", "slow.mp4", heavy)
-    server = ServerProcess(tmp_path, shutdown_notice_s="0.6", shutdown_grace_s="0", sync_timeout_s="60")
+    # ffmpeg (no warm workers): the warm pool decodes this frame before the notice ends.
+    server = ServerProcess(
+        tmp_path, shutdown_notice_s="0.6", shutdown_grace_s="0", sync_timeout_s="60", warm_workers="0"
+    )
     port = await server.start()
     try:
         async with SnapshotClient(f"127.0.0.1:{port}", timeout=60) as c:
