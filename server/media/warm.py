@@ -300,9 +300,7 @@ class WarmPool:
         self._busy -= 1
         recycle = worker.served >= self.max_requests or worker.cpu_seconds() > self._limits.cpu_seconds / 2
         if self._closed or recycle or not worker.alive:
-            task = asyncio.get_running_loop().create_task(self._retire(worker))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._retire_later(worker)
             if not self._closed:
                 self._replace()
             return
@@ -345,9 +343,7 @@ class WarmPool:
             else:
                 # Timed out, crashed or cancelled mid-request: its state is unknown.
                 self._busy -= 1
-                task = asyncio.get_running_loop().create_task(self._retire(worker))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._retire_later(worker)
                 if not self._closed:
                     self._replace()
         if not answer.get("ok"):
