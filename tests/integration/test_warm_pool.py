@@ -378,3 +378,33 @@ async def test_the_keyframe_index_from_a_worker_is_ffprobes(
             "ffprobe", handle.url, handle.protocols, engine.limits(30), info.start_time_s, cwd=str(tmp_path)
         )
         assert pooled == direct and len(direct.times) >= 1
+
+
+async def test_an_ffmpeg_pass_of_a_job_replaces_grown_idle_workers(
+    engine: MediaEngine, videos: dict[str, Video], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's memory budget counts idle workers at their peak: before a job runs ffmpeg
+    decodes of its own, idle workers that grew are replaced by fresh ones."""
+    assert engine.warm is not None
+    fresh = {w.proc.pid: w.peak_mb() for w in engine.warm._all}
+    monkeypatch.setattr(warm, "_FRESH_MB", max(fresh.values()) + 2)
+    video = videos["hd"]
+    handle = handle_of(video.path)
+    info = await engine.probe(handle, "shrink", 30)
+    a = tmp_path / "a"
+    a.mkdir()
+    await engine.snapshot(
+        handle, info, time_s=1.9, frame_type=FrameType.NORMAL, enc=Encoding(), workdir=a, wall_seconds=30
+    )
+    grown = [w.proc.pid for w in engine.warm._all if w.peak_mb() > warm._FRESH_MB]
+    assert len(grown) == 1
+    b = tmp_path / "b"
+    b.mkdir()
+    got = await engine.decode_pass(
+        handle, info, [1.0, 1.5], intra=False, tolerances_s=[None, None], enc=Encoding(), workdir=b, wall_seconds=30
+    )
+    assert [f.time_s if f else None for f in got] == [pytest.approx(1.0), pytest.approx(1.5)]
+    await asyncio.sleep(0.3)
+    now = await wait_workers(engine, 2)
+    assert grown[0] not in now and not _alive(grown[0])
+    assert len(set(now) & set(fresh)) == 1, "the worker that did not grow is kept"

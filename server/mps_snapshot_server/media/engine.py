@@ -196,6 +196,12 @@ class MediaEngine:
             name=name,
         )
 
+    def _shrink_warm(self) -> None:
+        """An asynchronous job is about to run ffmpeg decodes: idle workers that grew are
+        replaced by fresh ones, so the job's processes stay within ``job_memory_mb``."""
+        if self.warm is not None:
+            self.warm.shrink()
+
     def _warm_serves(self, handle: InputHandle, info: probe_mod.MediaInfo, enc: Encoding) -> bool:
         return self.warm is not None and not self.warm.broken and not warm.refusal(handle, info, enc)
 
@@ -467,6 +473,7 @@ class MediaEngine:
                     await self._warm_exact(handle, info, t, enc, workdir, wall_seconds, name=f"w{i}")
                     for i, t in enumerate(times_s)
                 ]
+            self._shrink_warm()
             return await capture.seek_batch(
                 self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),
@@ -514,6 +521,7 @@ class MediaEngine:
                     frame = await self._warm_exact(handle, info, key, enc, workdir, wall_seconds, name=f"w{i}")
                     found.append(frame if frame is not None and abs(frame.time_s - key) < frames.TOL else None)
                 return found
+            self._shrink_warm()
             return await capture.keyframe_pass(
                 self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),
@@ -540,6 +548,7 @@ class MediaEngine:
         wall_seconds: float,
     ) -> list[Frame | None]:
         async with self._slot("decode_pass"):
+            self._shrink_warm()
             return await capture.decode_pass(
                 self._ffmpeg_for(handle),
                 Source(handle.url, handle.protocols),

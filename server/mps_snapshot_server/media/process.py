@@ -119,11 +119,14 @@ async def start_worker(argv: Sequence[str], *, limits: Limits, cwd: str) -> asyn
     pdeathsig, rlimits, its own session (``kill_group`` ends it whole), the minimal
     environment, a private folder; stdin and stdout are its request pipe, stderr is dropped.
     ``limits.wall_seconds`` does not apply: the caller bounds each request."""
-    return await _start(argv, limits, cwd, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    # Answers are one line each, and one may list thousands of frame times or keyframes.
+    return await _start(
+        argv, limits, cwd, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, line_limit=_STDOUT_MAX
+    )
 
 
 async def _start(
-    argv: Sequence[str], limits: Limits, cwd: str | None, *, stdin: int, stderr: int
+    argv: Sequence[str], limits: Limits, cwd: str | None, *, stdin: int, stderr: int, line_limit: int = 2**16
 ) -> asyncio.subprocess.Process:
     """The one place a process starts: the wrapper, the minimal environment, a new session."""
     return await asyncio.create_subprocess_exec(
@@ -135,6 +138,7 @@ async def _start(
         cwd=cwd,
         env=minimal_env(),
         start_new_session=True,
+        limit=line_limit,
     )
 
 

@@ -61,6 +61,9 @@ _MAX_RUNS = 6
 _MAX_FRAMES = 20000
 #: How long a worker may take to start (import PyAV) before it counts as failed.
 _START_S = 30.0
+#: A worker's peak memory (MB) above which ``shrink`` replaces it: a fresh worker (Python,
+#: PyAV, Pillow) peaks at about 40 MB, one that decoded 1080p at 75-140 MB.
+_FRESH_MB = 64.0
 #: How long a capture waits for a worker that is being started before it runs ffmpeg.
 _WAIT_SPAWN_S = 1.0
 #: Inputs whose worker crashed or timed out are not sent to the pool again (per version).
@@ -101,6 +104,16 @@ class _Worker:
     @property
     def alive(self) -> bool:
         return self.proc.returncode is None
+
+    def peak_mb(self) -> float:
+        """VmHWM: the most memory it has held (what a job's memory budget counts)."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0.0
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time so far (RLIMIT_CPU counts it over the whole life)."""
@@ -220,6 +233,31 @@ class WarmPool:
             return
         self._idle.put_nowait(worker)
 
+    def shrink(self) -> None:
+        """Replace idle workers that have grown past a fresh one's size by fresh ones.
+
+        Called before an asynchronous job runs ffmpeg decodes of its own (decode passes,
+        batches the pool does not serve): the summed peak of the processes alive during a job
+        (``job_memory_mb``) counts the idle workers too, and a worker that decoded 1080p
+        keeps its peak for life, while a fresh one holds only the interpreter and PyAV."""
+        if self._closed or not self._started:
+            return
+        keep: list[_Worker] = []
+        while not self._idle.empty():
+            worker = self._idle.get_nowait()
+            if worker.alive and worker.peak_mb() > _FRESH_MB:
+                self._retire_later(worker)
+                self._replace()
+            else:
+                keep.append(worker)
+        for worker in keep:
+            self._idle.put_nowait(worker)
+
+    def _retire_later(self, worker: _Worker) -> None:
+        task = asyncio.get_running_loop().create_task(self._retire(worker))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _break(self, reason: str) -> None:
         if not self.broken:
             log.warning("warm decoder pool off, every capture takes the ffmpeg path: %s", reason)
@@ -262,9 +300,7 @@ class WarmPool:
         self._busy -= 1
         recycle = worker.served >= self.max_requests or worker.cpu_seconds() > self._limits.cpu_seconds / 2
         if self._closed or recycle or not worker.alive:
-            task = asyncio.get_running_loop().create_task(self._retire(worker))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._retire_later(worker)
             if not self._closed:
                 self._replace()
             return
@@ -307,9 +343,7 @@ class WarmPool:
             else:
                 # Timed out, crashed or cancelled mid-request: its state is unknown.
                 self._busy -= 1
-                task = asyncio.get_running_loop().create_task(self._retire(worker))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._retire_later(worker)
                 if not self._closed:
                     self._replace()
         if not answer.get("ok"):
