@@ -182,14 +182,6 @@ class App:
         self.ledger = JobLedger(self.store)
         metrics = self.telemetry.metrics
         self.ledger.saved_listeners.append(metrics.job_saved)
-        self.runner = JobRunner(
-            ledger=self.ledger,
-            engine=self.engine,
-            router=self.router,
-            ffmpeg_timeout_s=s.ffmpeg_timeout_s,
-            sync_timeout_s=s.sync_timeout_s,
-            max_sprite_pixels=s.max_sprite_pixels,
-        )
         self.notifications = NotificationService(
             ledger=self.ledger,
             registry=self.pipelines,
@@ -198,7 +190,15 @@ class App:
             attempts=s.notify_attempts,
             backoff_s=s.notify_backoff_s,
         )
-        self.runner.notify_wanted = self.notifications.wanted
+        self.runner = JobRunner(
+            ledger=self.ledger,
+            engine=self.engine,
+            router=self.router,
+            ffmpeg_timeout_s=s.ffmpeg_timeout_s,
+            sync_timeout_s=s.sync_timeout_s,
+            max_sprite_pixels=s.max_sprite_pixels,
+            notify_wanted=self.notifications.wanted,
+        )
         if self.postgres is not None:
             self.postgres.notify_hold_s = self.notifications.delivery_window_s + s.lease_s
         self.scheduler: Scheduler | ClusterScheduler

@@ -61,6 +61,9 @@ async def wired(tmp_path: Path, videos: dict[str, Video]) -> AsyncIterator[Wired
     engine.start_warm()
     pipelines = PipelineRegistry(store, default_max_jobs=2, default_capacity=10)
     await pipelines.load()
+    notifications = NotificationService(
+        ledger=ledger, registry=pipelines, notifier=HttpNotifier(), metrics=telemetry.metrics, attempts=1, backoff_s=0
+    )
     runner = JobRunner(
         ledger=ledger,
         engine=engine,
@@ -68,9 +71,7 @@ async def wired(tmp_path: Path, videos: dict[str, Video]) -> AsyncIterator[Wired
         ffmpeg_timeout_s=s.ffmpeg_timeout_s,
         sync_timeout_s=s.sync_timeout_s,
         max_sprite_pixels=s.max_sprite_pixels,
-    )
-    notifications = NotificationService(
-        ledger=ledger, registry=pipelines, notifier=HttpNotifier(), metrics=telemetry.metrics, attempts=1, backoff_s=0
+        notify_wanted=notifications.wanted,
     )
     scheduler = Scheduler(
         ledger=ledger,

@@ -196,6 +196,28 @@ class MediaEngine:
             name=name,
         )
 
+    async def _warm_each(
+        self,
+        handle: InputHandle,
+        info: probe_mod.MediaInfo,
+        times_s: list[float],
+        enc: Encoding,
+        workdir: Path,
+        wall_seconds: float,
+        *,
+        on_time: bool,
+    ) -> list[Frame | None]:
+        """The frame shown at each time, one after another in one worker; None where the pool
+        did not serve it (the caller takes that point on its own) or, with ``on_time`` (a
+        keyframe's own time), where the decode put the frame anywhere else."""
+        found: list[Frame | None] = []
+        for i, t in enumerate(times_s):
+            frame = await self._warm_exact(handle, info, t, enc, workdir, wall_seconds, name=f"w{i}")
+            if frame is not None and on_time and abs(frame.time_s - t) >= frames.TOL:
+                frame = None
+            found.append(frame)
+        return found
+
     def _shrink_warm(self) -> None:
         """An asynchronous job is about to run ffmpeg decodes: idle workers that grew are
         replaced by fresh ones, so the job's processes stay within ``job_memory_mb``."""
@@ -468,11 +490,7 @@ class MediaEngine:
     ) -> list[Frame | None]:
         async with self._slot("seek_batch"):
             if not intra and self._warm_serves(handle, info, enc):
-                # One worker takes the points one after another (a None is taken on its own).
-                return [
-                    await self._warm_exact(handle, info, t, enc, workdir, wall_seconds, name=f"w{i}")
-                    for i, t in enumerate(times_s)
-                ]
+                return await self._warm_each(handle, info, times_s, enc, workdir, wall_seconds, on_time=False)
             self._shrink_warm()
             return await capture.seek_batch(
                 self._ffmpeg_for(handle),
@@ -515,12 +533,8 @@ class MediaEngine:
         async with self._slot("keyframe_pass"):
             if self._warm_serves(handle, info, enc):
                 # Each chosen keyframe by a seek to it: the frame shown at a keyframe's time is
-                # that keyframe, proven by the decode; one the decode disagrees on is None.
-                found: list[Frame | None] = []
-                for i, key in enumerate(keys_s):
-                    frame = await self._warm_exact(handle, info, key, enc, workdir, wall_seconds, name=f"w{i}")
-                    found.append(frame if frame is not None and abs(frame.time_s - key) < frames.TOL else None)
-                return found
+                # that keyframe, proven by the decode.
+                return await self._warm_each(handle, info, keys_s, enc, workdir, wall_seconds, on_time=True)
             self._shrink_warm()
             return await capture.keyframe_pass(
                 self._ffmpeg_for(handle),

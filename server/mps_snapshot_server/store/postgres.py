@@ -147,6 +147,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         $fn$;
         """,
     ),
+    (
+        3,
+        # Final jobs held for their notification (see claim_notifications): the sweep every
+        # replica runs reads only these rows, however many finished jobs the table keeps.
+        """
+        CREATE INDEX jobs_notify_hold ON jobs (lease_expires)
+        WHERE state IN ('Success', 'Fail') AND lease_expires IS NOT NULL;
+        """,
+    ),
 ]
 
 _OPEN = ("Submitted", "Snapshoting")
@@ -245,10 +254,12 @@ class PostgresStore:
             await self._put_fenced(job, lease)
             return
         # Unleased writes (submit, sync snapshots, notification results) never touch a job
-        # a replica holds: that owner's fenced writes decide its state.
+        # a replica holds: that owner's fenced writes decide its state. Written final, a job
+        # is held no longer (its notification's result is recorded).
         done = await self._pool.fetchval(
             "WITH w AS (INSERT INTO jobs (id, pipeline_id, state, created_us, doc) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT (id) DO UPDATE SET state = excluded.state, doc = excluded.doc "
+            "ON CONFLICT (id) DO UPDATE SET state = excluded.state, doc = excluded.doc, "
+            "lease_expires = CASE WHEN excluded.state = ANY($8::text[]) THEN jobs.lease_expires ELSE NULL END "
             "WHERE NOT (jobs.state = 'Snapshoting' AND jobs.lease_expires IS NOT NULL) RETURNING id) "
             "SELECT pg_notify($6, $7) FROM w",
             job.id,
@@ -258,6 +269,7 @@ class PostgresStore:
             codec.dumps(job),
             CHANNEL,
             self._payload("job", job.id),
+            list(_OPEN),
         )
         if done is None:
             log.warning("job %s is held by a replica; an unleased write of it was dropped", job.id)
@@ -296,13 +308,12 @@ class PostgresStore:
         stable, so it can drop the repeat), never not at all."""
         rows = await self._pool.fetch(
             "UPDATE jobs SET lease_owner = $1, lease_expires = now() + make_interval(secs => $2) "
-            "WHERE id IN (SELECT id FROM jobs WHERE state = ANY($3::text[]) "
+            "WHERE id IN (SELECT id FROM jobs WHERE state IN ('Success', 'Fail') "
+            "AND lease_expires IS NOT NULL AND lease_expires < now() "
             "AND (doc::jsonb->>'notify_pending')::boolean "
-            "AND (lease_expires IS NULL OR lease_expires < now()) "
-            "ORDER BY created_us LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING doc",
+            "ORDER BY created_us LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING doc",
             owner,
             self.notify_hold_s,
-            ["Success", "Fail"],
             limit,
         )
         return [codec.loads(Job, r[0]) for r in rows]

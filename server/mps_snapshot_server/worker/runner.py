@@ -77,10 +77,18 @@ class Run:
     #: Wall-clock limit of each ffmpeg run.
     wall_s: float
     inline: bool
+    #: The input handle an inline run signed at its start (see ``handle``).
+    pinned: InputHandle | None = None
 
     @property
     def priority(self) -> Priority:
         return Priority.SYNC if self.inline else Priority.ASYNC
+
+    async def handle(self) -> InputHandle:
+        """The handle for one ffmpeg run: signed anew for every run of a queued job
+        (presigned URLs expire, long jobs do not); an inline snapshot, which lasts seconds,
+        uses the one it signed at its start."""
+        return self.pinned if self.pinned is not None else await self.source.handle()
 
 
 class JobRunner:
@@ -93,7 +101,7 @@ class JobRunner:
         ffmpeg_timeout_s: float,
         sync_timeout_s: float,
         max_sprite_pixels: int,
-        notify_wanted: Callable[[Job], bool] = lambda job: False,
+        notify_wanted: Callable[[Job], bool],
     ) -> None:
         self.ledger = ledger
         self.engine = engine
@@ -101,7 +109,7 @@ class JobRunner:
         self.timeout = ffmpeg_timeout_s
         self.sync_timeout_s = sync_timeout_s
         self.max_sprite_pixels = max_sprite_pixels
-        #: Whether a finished job is owed a notification (set by the composition root).
+        #: Whether a finished job is owed a notification (NotificationService.wanted).
         self.notify_wanted = notify_wanted
         #: Told of every service fault a job meets (the health monitor listens).
         self.fault_listeners: list[Callable[[MpsError], None]] = []
@@ -178,12 +186,13 @@ class JobRunner:
         if me is not None:
             self._inline.add(me)
         try:
-            return await self._run_inline(job.started(), Run(valid, source, limit, inline=True), limit)
+            return await self._run_inline(job.started(), Run(valid, source, limit, inline=True))
         finally:
             if me is not None:
                 self._inline.discard(me)
 
-    async def _run_inline(self, job: Job, run: Run, limit: float) -> Job:
+    async def _run_inline(self, job: Job, run: Run) -> Job:
+        limit = run.wall_s
         published = Published()
         error: MpsError | None = None
         try:
@@ -261,7 +270,9 @@ class JobRunner:
     async def _capture(self, job: Job, run: Run, published: Published) -> Job:
         valid, source = run.valid, run.source
         out_store = self.router.store_for(valid.output_file, "snapshot_config.output_file")
-        info = await self.engine.probe(await source.handle(), source.version, run.wall_s, run.priority)
+        if run.inline:
+            run = dataclasses.replace(run, pinned=await source.handle())
+        info = await self.engine.probe(await run.handle(), source.version, run.wall_s, run.priority)
         the_plan = (
             planning.plan_single(valid.config, info.duration_s)
             if run.inline
@@ -282,8 +293,8 @@ class JobRunner:
         points = outputs.points_to_capture(the_plan)
         outputs.start(the_plan)
         async with self.engine.workdir(job.id) as workdir:
-            first_override = await self._skip_black(await source.handle(), the_plan, workdir)
-            outputs.fresh_handle = source.handle
+            first_override = await self._skip_black(run, the_plan, workdir)
+            outputs.fresh_handle = run.handle
             frames = self._frames(run, info, points, first_override, workdir, outputs.capture_size())
             async with contextlib.aclosing(frames):
                 async for point, frame in frames:
@@ -291,18 +302,18 @@ class JobRunner:
                         continue  # intra: no keyframe near this point, or the same keyframe again
                     await outputs.add(point, frame, workdir)
             if valid.config.animated_out is not None:
-                await outputs.write_animation(await source.handle(), workdir)
+                await outputs.write_animation(await run.handle(), workdir)
             await outputs.finish(workdir)
         if run.inline and valid.frame_type is FrameType.INTRA and self.engine.cached_key_index(source.version) is None:
             # The next intra snapshot of this input decodes only its keyframe.
-            self.engine.key_index_later(await source.handle(), source.version, info, self.sync_timeout_s * 10)
+            self.engine.key_index_later(await run.handle(), source.version, info, self.sync_timeout_s * 10)
         return outputs.job
 
-    async def _skip_black(self, handle: InputHandle, the_plan: planning.Plan, workdir: Path) -> float | None:
+    async def _skip_black(self, run: Run, the_plan: planning.Plan, workdir: Path) -> float | None:
         if the_plan.black is None or not the_plan.points:
             return None
         return await self.engine.first_non_black(
-            handle,
+            await run.handle(),
             window_s=planning.BLACK_WINDOW_S,
             level=the_plan.black.level,
             pixel_threshold=the_plan.black.pixel_threshold,
@@ -334,13 +345,13 @@ class JobRunner:
             # The first image after black frames: the frame found, exactly.
             units.append(_Unit(extraction.Mode.SINGLE, [first_override], [[0]], FrameType.NORMAL))
         index = (
-            await self.engine.key_index(await source.handle(), source.version, info, self.timeout)
+            await self.engine.key_index(await run.handle(), source.version, info, self.timeout)
             if intra and rest
             else None
         )
         drop = False
         if index:
-            drop = await self.engine.filters_input_packets(await source.handle())
+            drop = await self.engine.filters_input_packets(await run.handle())
             # FrameType intra with the keyframe index: each point's keyframe is chosen from
             # the index (domain.frames), and each chosen keyframe is decoded once.
             serves: dict[float, list[int]] = {}
@@ -364,7 +375,7 @@ class JobRunner:
         else:
             gop_s = 0.0
             if len(rest) > 2:
-                gop_s = await self.engine.keyframe_interval(await source.handle(), source.version, self.timeout)
+                gop_s = await self.engine.keyframe_interval(await run.handle(), source.version, self.timeout)
             xplan = extraction.plan_extraction(
                 [p.time_ms for p in rest],
                 gop_s=gop_s,
@@ -483,7 +494,7 @@ class _Captures:
 
     async def unit(self, unit: _Unit, folder: Path) -> list[Frame | None]:
         engine, info, enc, t = self.engine, self.info, self.enc, self.run.wall_s
-        handle = await self.run.source.handle()
+        handle = await self.run.handle()
         times = unit.times
         intra = unit.frame_type is FrameType.INTRA
         results: list[Frame | None]
