@@ -682,6 +682,25 @@ async def test_malformed_json_missing_parameter_unknown_action(server: App, buck
     assert "Colour" in err.message
 
 
+@pytest.mark.parametrize("nested_as_text", [False, True], ids=["object", "object-in-text"])
+async def test_deep_json_in_a_signed_parameter(server: App, bucket: str, nested_as_text: bool) -> None:
+    """JSON nested 5,000 deep (past Python's recursion limit; the SDK's GET must stay under the
+    64 KiB query limit) inside a signed SnapshotConfig is the caller's mistake (400), never a
+    RecursionError answered as InternalError; the server goes on serving."""
+    deep = "[" * 5_000 + "]" * 5_000
+    inner = json.dumps(deep) if nested_as_text else deep  # OutputFile as JSON text, as MPS sends objects
+    inp, _ = submit_params(bucket, "x.mp4", {})
+    sdk = new_sdk(server, "AKHTTPADMIN")
+    err = await sdk_error(
+        lambda: sdk.submit_snapshot_job(
+            mts.SubmitSnapshotJobRequest(input=inp, snapshot_config='{"Time": "0", "OutputFile": ' + inner + "}")
+        )
+    )
+    assert (err.status_code, err.code) == (400, "InvalidParameter.JsonFormatInvalid"), err.message
+    assert "nest" in err.message
+    assert (await asyncio.to_thread(sdk.search_pipeline, mts.SearchPipelineRequest())).body.total_count >= 1
+
+
 async def raw(
     app: App, method: str, target: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, Any] | str]:
@@ -750,6 +769,14 @@ BASE = "Action=SearchPipeline&Version=2014-06-18"
             400,
             "InvalidParameter.JsonFormatInvalid",
         ),
+        (
+            "POST",
+            "/",
+            b'{"Action": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+            {"Content-Type": "application/json"},
+            400,
+            "InvalidParameter.JsonFormatInvalid",
+        ),
         ("POST", "/", b"<xml/>", {"Content-Type": "text/xml"}, 400, "InvalidParameter.ContentType"),
         ("GET", "/?" + "&".join(f"K{i}=1" for i in range(100)), None, None, 400, "InvalidParameter.TooMany"),
         ("GET", "/?Action=SearchPipeline&Version=2017-01-01", None, None, 400, "InvalidVersion"),
@@ -786,6 +813,7 @@ BASE = "Action=SearchPipeline&Version=2014-06-18"
         "bad-utf8-form",
         "raw-bytes-form",
         "bad-json-body",
+        "deep-json-body",
         "xml-body",
         "too-many",
         "version",

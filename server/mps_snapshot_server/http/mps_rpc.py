@@ -60,6 +60,10 @@ MAX_QUERY_BYTES = 64 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 #: Most parameters in one call (the largest MPS call has about 15).
 MAX_PARAMETERS = 64
+#: Deepest nesting of arrays and objects accepted in any JSON a caller sends (the body or a
+#: parameter's JSON text). MPS's deepest document (SnapshotConfig.TileOut...) is 4 levels; the
+#: limit is checked before json.loads, whose recursion would otherwise raise RecursionError.
+MAX_JSON_DEPTH = 32
 FORM_TYPE = "application/x-www-form-urlencoded"
 JSON_TYPE = "application/json"
 
@@ -131,9 +135,41 @@ def _pairs(text: str, where: str) -> list[tuple[str, str]]:
         ) from None
 
 
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in ``text``, counted without recursion
+    (brackets inside strings do not count; the text need not be valid JSON)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _loads(text: str, what: str, field: str | None = None) -> Any:
+    """json.loads with duplicate keys and nesting deeper than MAX_JSON_DEPTH refused."""
+    if (depth := json_depth(text)) > MAX_JSON_DEPTH:
+        message = f"{what} nests {depth} levels deep, over the limit of {MAX_JSON_DEPTH}; send flat MPS JSON."
+        code = ErrorCode.INVALID_PARAMETER_JSON_FORMAT_INVALID
+        raise InvalidParameter.field(field, message, code=code) if field else InvalidParameter(message, code=code)
+    return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
 def _json_pairs(raw: bytes) -> list[tuple[str, str]]:
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        doc = _loads(raw.decode("utf-8"), "The JSON body")
     except UnicodeDecodeError:
         raise InvalidParameter("The JSON body is not UTF-8.", code=ErrorCode.INVALID_PARAMETER_ENCODING) from None
     except json.JSONDecodeError as exc:
@@ -455,7 +491,7 @@ class MpsRpc:
 
 def _json_param(name: str, text: str) -> Any:
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+        doc = _loads(text, name, field=name)
     except json.JSONDecodeError as exc:
         raise InvalidParameter.field(
             name,
@@ -520,6 +556,13 @@ def build_request(name: str, action: Action, values: Mapping[str, str]) -> Messa
         )
     try:
         return mps_json.parse(business, action.request())
+    except RecursionError:
+        # JSON text nested inside a parameter's JSON (MPS sends objects as strings) is parsed
+        # by mps_json; a string nested deeper than the parser can recurse is the caller's mistake.
+        raise InvalidParameter(
+            f"A parameter of {name} holds JSON nested deeper than {MAX_JSON_DEPTH} levels; send flat MPS JSON.",
+            code=ErrorCode.INVALID_PARAMETER_JSON_FORMAT_INVALID,
+        ) from None
     except (json_format.ParseError, ValueError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidParameter(
