@@ -85,10 +85,10 @@ def content_type(data_dir: Path, bucket: str, key: str) -> str:
     [
         ("f/a.png", "", {}, "PNG", "image/png"),
         ("f/a.webp", "", {}, "WEBP", "image/webp"),
-        ("f/a.jpg", "webp", {"lossless": True}, "WEBP", "image/webp"),
+        ("f/a.webp", "webp", {"lossless": True}, "WEBP", "image/webp"),
         ("f/a.img", "png", {}, "PNG", "image/png"),
         ("f/a.jpg", "", {}, "JPEG", "image/jpeg"),
-        ("f/a.webp", "jpg", {"quality": 30}, "JPEG", "image/jpeg"),
+        ("f/a.jpeg", "jpg", {"quality": 30}, "JPEG", "image/jpeg"),
     ],
 )
 async def test_sync_snapshot_formats(

@@ -45,6 +45,33 @@ CASES: list[tuple[str, dict[str, Any], grpc.StatusCode, str, str]] = [
     ("unknown frame type", {"frame_type": "fast"}, INVALID, "InvalidParameter", "snapshot_config.frame_type"),
     ("unknown format", {"format": "gif"}, INVALID, "InvalidParameter", "snapshot_config.format"),
     ("vtt needs a sequence", {"format": "vtt"}, INVALID, "InvalidParameter", "snapshot_config.format"),
+    (
+        "png quality",
+        {"format": "png", "quality": 80, "output": {"object": "o.png"}},
+        INVALID,
+        "InvalidParameter",
+        "snapshot_config.quality",
+    ),
+    ("fit pad one side", {"fit": "pad", "width": 320}, INVALID, "InvalidParameter", "snapshot_config.fit"),
+    ("pad colour no pad", {"pad_color": "white"}, INVALID, "InvalidParameter", "snapshot_config.pad_color"),
+    (
+        "png under jpg",
+        {"format": "png", "output": {"object": "o.jpg"}},
+        INVALID,
+        "InvalidParameter.Format",
+        "snapshot_config.output_file.object",
+    ),
+    (
+        "vtt without cells",
+        {
+            "format": "jpg,vtt",
+            "tile_out": res.TileOut(lines=2, columns=2, is_keep_cell_pic=False),
+            "tile_output_file": res.OSSFile(bucket="snapbucket", location="oss-cn-hangzhou", object="t.jpg"),
+        },
+        INVALID,
+        "InvalidParameter.Format",
+        "snapshot_config.format",
+    ),
     ("black level", {"black_level": 20}, INVALID, "InvalidParameter.OutOfRange", "snapshot_config.black_level"),
     (
         "pixel threshold",

@@ -75,3 +75,12 @@ def test_black_filter_rules() -> None:
 def test_interval_zero_needs_num() -> None:
     with pytest.raises(InvalidParameter):
         check_async_config(SnapshotConfig(output_file=OUT, interval=0))
+
+
+def test_an_interval_percent_step_shorter_than_a_frame_is_refused() -> None:
+    config = SnapshotConfig(output_file=ObjectRef("b", "", "a-{Count}.jpg"), interval_percent=0.1)
+    with pytest.raises(InvalidParameter) as info:
+        plan(config, 10.0, 1 / 25)  # 10 ms steps on a 25 fps clip: 1,000 images, 250 frames
+    assert info.value.code == "InvalidParameter.OutOfRange"
+    assert info.value.violations[0].field == "snapshot_config.interval_percent"
+    assert len(plan(config, 100.0, 1 / 25).points) == 1000  # 100 ms steps: fine

@@ -73,6 +73,12 @@ def from_extension(key: str) -> ImageFormat:
     return _NAMES.get(ext.lower(), ImageFormat.JPEG) if dot else ImageFormat.JPEG
 
 
+def named_by_extension(key: str) -> ImageFormat | None:
+    """The format an object name's extension names (.jpg, .jpeg, .png, .webp), else None."""
+    _, dot, ext = posixpath.basename(key).rpartition(".")
+    return _NAMES.get(ext.lower()) if dot else None
+
+
 def resolve(choice: FormatChoice, key: str) -> ImageFormat:
     return choice.image if choice.image is not None else from_extension(key)
 

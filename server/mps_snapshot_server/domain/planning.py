@@ -57,8 +57,20 @@ def plan_single(config: SnapshotConfig, duration_s: float) -> Plan:
     return Plan((Point(float(percent.start_ms(config, duration_s * 1000)), None),), None, 0)
 
 
-def plan(config: SnapshotConfig, duration_s: float) -> Plan:
+def plan(config: SnapshotConfig, duration_s: float, frame_s: float | None = None) -> Plan:
+    """``frame_s``: one frame's duration (1 / frame rate) when known; an IntervalPercent
+    step shorter than one frame is refused (it would plan more images than distinct frames)."""
     duration_ms = duration_s * 1000
+    if config.interval_percent is not None and frame_s and frame_s > 0:
+        percent_step_ms = config.interval_percent * duration_ms / 100
+        if percent_step_ms < frame_s * 1000:
+            raise InvalidParameter.field(
+                "snapshot_config.interval_percent",
+                f"IntervalPercent {config.interval_percent:g} is a step of {percent_step_ms:.3g} ms on this "
+                f"{round(duration_ms)} ms video, shorter than one frame ({frame_s * 1000:.3g} ms), so it would "
+                "plan more images than the video has frames; use a larger IntervalPercent.",
+                code=ErrorCode.INVALID_PARAMETER_OUT_OF_RANGE,
+            )
     config = percent.resolve(config, duration_ms)
     if config.time_points:
         points = sorted(config.time_points)

@@ -14,7 +14,7 @@ from PIL import ImageColor
 from mps_snapshot_server.domain import keys
 from mps_snapshot_server.domain.errors import FieldViolation, InvalidParameter
 from mps_snapshot_server.domain.fit import Fit, parse_fit
-from mps_snapshot_server.domain.formats import FormatChoice, ImageFormat, parse_format, resolve
+from mps_snapshot_server.domain.formats import FormatChoice, ImageFormat, named_by_extension, parse_format, resolve
 from mps_snapshot_server.domain.models import FrameType, ObjectRef, SnapshotConfig, SnapshotRequest
 from mps_snapshot_server.domain.placeholders import (
     ANIMATED_FILE_PLACEHOLDERS,
@@ -39,6 +39,8 @@ MAX_ANIMATED_FRAMES = 300
 MAX_ANIMATED_MS = 60_000
 MAX_ANIMATED_SIDE = 1920
 MAX_ANIMATED_FPS = 30
+#: The smallest IntervalPercent: one image every 0.1 % of the video, at most 1,000 images.
+MIN_INTERVAL_PERCENT = 0.1
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,7 @@ def validate(request: SnapshotRequest) -> ValidRequest:
     image_format = resolve(choice, config.output_file.object if config.output_file else "")
     sprite_format = resolve(choice, config.tile_output_file.object if config.tile_output_file else "")
     fit, pad_color = _check_beyond(c, config, image_format, sprite_format)
+    _check_combinations(c, config, choice, image_format, sprite_format, fit)
     if config.time_points is not None:
         _check_time_points(c, config.time_points)
     background = (0, 0, 0)
@@ -369,6 +372,59 @@ def _check_beyond(
     return fit, pad
 
 
+def _check_combinations(
+    c: _Checker,
+    config: SnapshotConfig,
+    choice: FormatChoice,
+    image: ImageFormat,
+    sprite: ImageFormat,
+    fit: Fit | None,
+) -> None:
+    """Combinations that are accepted field by field but cannot succeed, or are meaningless
+    (docs/api.md "Refused combinations")."""
+    f = "snapshot_config."
+    used = {image} | ({sprite} if config.tile_out is not None else set())
+    if config.quality is not None:
+        lossy = ImageFormat.JPEG in used or (ImageFormat.WEBP in used and not config.lossless)
+        if not lossy:
+            if ImageFormat.WEBP in used:
+                c.add(f + "quality", "Quality has no meaning with Lossless true (WebP); drop Quality or Lossless.")
+            else:
+                c.add(f + "quality", "Quality has no meaning for Format png (PNG is lossless); drop Quality.")
+    if fit in (Fit.CROP, Fit.PAD) and (config.width is None) != (config.height is None):
+        c.add(
+            f + "fit",
+            f"Fit {fit.value} needs both Width and Height (with only one, the other follows the aspect "
+            "ratio and Fit has nothing to do); set both, or drop Fit.",
+        )
+    if config.pad_color is not None and fit is not Fit.PAD:
+        c.add(f + "pad_color", "PadColor applies only with Fit pad; set Fit pad (and Width, Height) or drop PadColor.")
+    if choice.image is not None:
+        for ref, field in (
+            (config.output_file, f + "output_file.object"),
+            (config.tile_output_file if config.tile_out is not None else None, _TILE_FIELD),
+        ):
+            named = named_by_extension(ref.object) if ref is not None else None
+            if named is not None and named is not choice.image:
+                c.add(
+                    field,
+                    f"Format {choice.image.value} writes {choice.image.value.upper()} images, but the Object ends "
+                    f"in .{_ext(ref.object if ref else '')}; end it in .{choice.image.value} (or drop Format).",
+                    "InvalidParameter.Format",
+                )
+    if choice.vtt and config.tile_out is not None and not keeps_cell_pics(config) and not config.sub_out_is_spt_frag:
+        c.add(
+            f + "format",
+            "Format vtt needs images to point at, but TileOut.IsKeepCellPic false keeps no single snapshot and "
+            "SubOut.IsSptFrag is not true; set IsKeepCellPic true, or SubOut.IsSptFrag true, or drop vtt.",
+            "InvalidParameter.Format",
+        )
+
+
+def _ext(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
 def _check_times(c: _Checker, config: SnapshotConfig) -> None:
     f = "snapshot_config."
     if config.time_percent is not None:
@@ -377,6 +433,14 @@ def _check_times(c: _Checker, config: SnapshotConfig) -> None:
             c.add(f + "time_percent", "Give Time or TimePercent, not both.")
     if config.interval_percent is not None:
         _check_percent(c, f + "interval_percent", config.interval_percent, low_open=True)
+        if math.isfinite(config.interval_percent) and 0 < config.interval_percent < MIN_INTERVAL_PERCENT:
+            c.add(
+                f + "interval_percent",
+                f"{config.interval_percent} is below the minimum {MIN_INTERVAL_PERCENT} (one image every "
+                f"{MIN_INTERVAL_PERCENT} % of the video, at most {round(100 / MIN_INTERVAL_PERCENT)} images); "
+                "use a larger IntervalPercent or Num.",
+                "InvalidParameter.OutOfRange",
+            )
         if config.interval is not None:
             c.add(f + "interval_percent", "Give Interval or IntervalPercent, not both.")
     points = config.time_percent_points

@@ -276,7 +276,9 @@ class JobRunner:
         the_plan = (
             planning.plan_single(valid.config, info.duration_s)
             if run.inline
-            else planning.plan(valid.config, info.duration_s)
+            else planning.plan(
+                valid.config, info.duration_s, 1 / float(info.frame_rate) if info.frame_rate > 0 else None
+            )
         )
         ctx = Context(
             ledger=self.ledger,
