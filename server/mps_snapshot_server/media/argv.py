@@ -91,14 +91,18 @@ def _extended_chain(enc: Encoding, name: str) -> str:
         steps = [f"scale=w={g.scale[0]}:h={g.scale[1]}:flags={SCALE_FLAGS}", "setsar=1"]
         if g.crop is not None:
             steps.append("crop=w={}:h={}:x={}:y={}".format(*g.crop))
+        # The pad colour is an SDR colour: the bars are added after the tone map, so they
+        # are not tone-mapped themselves.
+        if enc.tone_map is not None:
+            steps.append(enc.tone_map)
         if g.pad is not None:
             r, gr, b = g.color
             steps.append("pad=w={}:h={}:x={}:y={}".format(*g.pad) + f":color=0x{r:02x}{gr:02x}{b:02x}")
     else:
         plain = scale_chain(Encoding(enc.width, enc.height, enc.full_chroma), name)
         steps = [plain.rsplit(",", 1)[0]]  # the MPS sizing without its showinfo
-    if enc.tone_map is not None:
-        steps.append(enc.tone_map)
+        if enc.tone_map is not None:
+            steps.append(enc.tone_map)
     return ",".join([*steps, log(name)])
 
 
