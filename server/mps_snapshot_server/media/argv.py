@@ -440,13 +440,26 @@ def animated_argv(ffmpeg_bin: str, src: Source, anim: Animation, out: Path) -> l
 MEASURE_WIDTH = 160
 
 
-def measure_argv(ffmpeg_bin: str, src: Source, *, seek_s: float, window: tuple[float, float]) -> list[str]:
-    """Decode the frames of ``window`` (absolute, the file's clock, as ExactPoint) and print
-    each one's luma statistics (signalstats), blur (blurdetect) and entropy; nothing is written."""
+def measure_argv(
+    ffmpeg_bin: str,
+    src: Source,
+    *,
+    seek_s: float,
+    window: tuple[float, float],
+    measures_file: str,
+    progress_file: str,
+) -> list[str]:
+    """Decode the frames of ``window`` (absolute, the file's clock, as ExactPoint) and write
+    each one's luma statistics (signalstats), blur (blurdetect) and entropy to
+    ``measures_file``, and ffmpeg's progress (its count of frames out of the graph) to
+    ``progress_file``; nothing else is written. Both are plain names in the run's work
+    folder (its cwd): the log on stderr is cut to its head and tail, these files are not."""
     start, end = window
     graph = (
         f"trim=end={end + 1e-3:.6f},select='between(t,{start:.6f},{end:.6f})',"
-        f"scale=w={MEASURE_WIDTH}:h=-2,signalstats,blurdetect,entropy,metadata=mode=print"
+        f"scale=w={MEASURE_WIDTH}:h=-2,signalstats,blurdetect,entropy,"
+        f"metadata=mode=print:file={measures_file}"
     )
     stream = _input(src, seek_s=seek_s)["v:0"]
-    return _compile(stream.output("-", f="null", **{"filter:v": graph}), ffmpeg_bin)
+    args = _compile(stream.output("-", f="null", **{"filter:v": graph}), ffmpeg_bin)
+    return [args[0], *GLOBAL, "-progress", progress_file, *args[1 + len(GLOBAL) :]]
