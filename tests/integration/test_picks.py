@@ -139,3 +139,28 @@ async def test_long_window_judges_the_frame_at_the_time(
     index = min(range(len(times := frame_times(video))), key=lambda i: abs(times[i] - time_ms / 1000))
     shot = Image.open(data_dir / bucket / image.object)
     assert mean_diff(shot, reference_frame(video, index)) < 1.5
+
+
+async def test_missing_measures_fail_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fewer measures than frames out of the graph: a service fault, never a pick from part
+    of the window."""
+    from mps_snapshot_server.domain.errors import ServiceFault
+    from mps_snapshot_server.media import picks, process
+    from mps_snapshot_server.media.argv import Source
+    from mps_snapshot_server.media.probe import MediaInfo
+
+    frame = "frame:0    pts:0       pts_time:1\nlavfi.signalstats.YAVG=120\n"
+
+    async def fake_run(command: list[str], limits: object, cwd: Path) -> process.Result:
+        graph = command[command.index("-filter:v") + 1]
+        (cwd / graph.rsplit("file=", 1)[1]).write_text(frame)
+        (cwd / command[command.index("-progress") + 1]).write_text("frame=2\nprogress=end\n")
+        return process.Result(0, b"", "")
+
+    monkeypatch.setattr(picks, "run_ffmpeg", fake_run)
+    info = MediaInfo(4.0, 320, 180, 0, 25, 1, "mov", "h264")  # type: ignore[arg-type]
+    limits = process.Limits(wall_seconds=5, cpu_seconds=5, address_space_bytes=2**30)
+    with pytest.raises(ServiceFault, match="measured 1 of the 2 frames"):
+        await picks.measure(
+            "ffmpeg", Source("file:x.mp4", ("file",)), info, time_s=1.0, window_s=2.0, workdir=tmp_path, limits=limits
+        )
