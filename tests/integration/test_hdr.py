@@ -74,3 +74,29 @@ async def test_hdr_snapshot_is_tone_mapped(
     ).snapshot_job
     raw = Image.open(data_dir / bucket / job.images[0].object).convert("RGB")
     assert mean_diff(raw, untouched) < 2.0
+
+
+@pytest.mark.parametrize("transfer", ["smpte2084", "arib-std-b67"])
+@pytest.mark.parametrize(("color", "rgb"), [("#808080", (128, 128, 128)), ("#ff0000", (255, 0, 0))])
+async def test_hdr_pad_color_is_not_tone_mapped(
+    client: SnapshotClient,
+    data_dir: Path,
+    bucket: str,
+    media_dir: Path,
+    transfer: str,
+    color: str,
+    rgb: tuple[int, int, int],
+) -> None:
+    video = _hdr_video(media_dir, transfer)  # 320x180: padded to 200x200, bars of 44 rows
+    put(data_dir, bucket, f"in/{transfer}.mp4", video)
+    out = f"hdr/pad-{transfer}-{color[1:]}.jpg"
+    req = request(bucket, f"in%2F{transfer}.mp4", out, time=1000, width=200, height=200, fit="pad")
+    req.snapshot_config.pad_color = color
+    job = (await client.submit(req)).snapshot_job
+    img = Image.open(data_dir / bucket / job.images[0].object).convert("RGB")
+    assert img.size == (200, 200)
+    for y in (20, 180):  # the middle of the top and bottom bars
+        for x in (50, 100, 150):
+            pixel = img.getpixel((x, y))
+            assert isinstance(pixel, tuple)
+            assert all(abs(int(p) - c) <= 3 for p, c in zip(pixel, rgb, strict=True)), (x, y, pixel, rgb)

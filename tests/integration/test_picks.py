@@ -101,3 +101,66 @@ async def test_black_and_uniform_in_a_sequence(
     req.snapshot_config.smart_pick.CopyFrom(res.SmartPick(window=1000))
     job = (await client.submit(req)).snapshot_job
     assert job.images[0].replaced == "" and job.images[0].time == 480
+
+
+def _black_then_content(folder: Path, rate: int, black_s: int) -> Path:
+    """``black_s`` s of black, then 3 s of sharp content, at ``rate`` fps."""
+    out = folder / f"black-then-content-{rate}.mp4"
+    if not out.exists():
+        ffmpeg(
+            "-f", "lavfi", "-i", f"color=black:size=320x180:rate={rate}:duration={black_s}",
+            "-f", "lavfi", "-i", f"testsrc2=size=320x180:rate={rate}:duration=3",
+            "-filter_complex", "[0][1]concat=n=2:v=1,format=yuv420p",
+            "-c:v", "libx264", "-g", str(rate), str(out),
+        )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize(("rate", "black_s", "time_ms", "window"), [(60, 2, 2300, 0), (25, 4, 4300, 3000)])
+async def test_long_window_judges_the_frame_at_the_time(
+    client: SnapshotClient,
+    data_dir: Path,
+    bucket: str,
+    media_dir: Path,
+    rate: int,
+    black_s: int,
+    time_ms: int,
+    window: int,
+) -> None:
+    """Windows of 120 and 75 frames: every frame's measures are read (their log lines, ~2 KB
+    a frame, once lost their middle, and the last black frame before the cut was judged)."""
+    video = _black_then_content(media_dir, rate, black_s)
+    put(data_dir, bucket, f"in/btc-{rate}.mp4", video)
+    req = request(bucket, f"in%2Fbtc-{rate}.mp4", f"sp/btc-{rate}.png", time=time_ms)
+    req.snapshot_config.smart_pick.CopyFrom(res.SmartPick(window=window) if window else res.SmartPick())
+    image = (await client.submit(req)).snapshot_job.images[0]
+    assert image.replaced == "" and image.requested_time == time_ms
+    assert abs(image.time - time_ms) < 1000 / rate, image.time
+    index = min(range(len(times := frame_times(video))), key=lambda i: abs(times[i] - time_ms / 1000))
+    shot = Image.open(data_dir / bucket / image.object)
+    assert mean_diff(shot, reference_frame(video, index)) < 1.5
+
+
+async def test_missing_measures_fail_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fewer measures than frames out of the graph: a service fault, never a pick from part
+    of the window."""
+    from mps_snapshot_server.domain.errors import ServiceFault
+    from mps_snapshot_server.media import picks, process
+    from mps_snapshot_server.media.argv import Source
+    from mps_snapshot_server.media.probe import MediaInfo
+
+    frame = "frame:0    pts:0       pts_time:1\nlavfi.signalstats.YAVG=120\n"
+
+    async def fake_run(command: list[str], limits: object, cwd: Path) -> process.Result:
+        graph = command[command.index("-filter:v") + 1]
+        (cwd / graph.rsplit("file=", 1)[1]).write_text(frame)
+        (cwd / command[command.index("-progress") + 1]).write_text("frame=2\nprogress=end\n")
+        return process.Result(0, b"", "")
+
+    monkeypatch.setattr(picks, "run_ffmpeg", fake_run)
+    info = MediaInfo(4.0, 320, 180, 0, 25, 1, "mov", "h264")  # type: ignore[arg-type]
+    limits = process.Limits(wall_seconds=5, cpu_seconds=5, address_space_bytes=2**30)
+    with pytest.raises(ServiceFault, match="measured 1 of the 2 frames"):
+        await picks.measure(
+            "ffmpeg", Source("file:x.mp4", ("file",)), info, time_s=1.0, window_s=2.0, workdir=tmp_path, limits=limits
+        )

@@ -91,14 +91,18 @@ def _extended_chain(enc: Encoding, name: str) -> str:
         steps = [f"scale=w={g.scale[0]}:h={g.scale[1]}:flags={SCALE_FLAGS}", "setsar=1"]
         if g.crop is not None:
             steps.append("crop=w={}:h={}:x={}:y={}".format(*g.crop))
+        # The pad colour is an SDR colour: the bars are added after the tone map, so they
+        # are not tone-mapped themselves.
+        if enc.tone_map is not None:
+            steps.append(enc.tone_map)
         if g.pad is not None:
             r, gr, b = g.color
             steps.append("pad=w={}:h={}:x={}:y={}".format(*g.pad) + f":color=0x{r:02x}{gr:02x}{b:02x}")
     else:
         plain = scale_chain(Encoding(enc.width, enc.height, enc.full_chroma), name)
         steps = [plain.rsplit(",", 1)[0]]  # the MPS sizing without its showinfo
-    if enc.tone_map is not None:
-        steps.append(enc.tone_map)
+        if enc.tone_map is not None:
+            steps.append(enc.tone_map)
     return ",".join([*steps, log(name)])
 
 
@@ -436,13 +440,26 @@ def animated_argv(ffmpeg_bin: str, src: Source, anim: Animation, out: Path) -> l
 MEASURE_WIDTH = 160
 
 
-def measure_argv(ffmpeg_bin: str, src: Source, *, seek_s: float, window: tuple[float, float]) -> list[str]:
-    """Decode the frames of ``window`` (absolute, the file's clock, as ExactPoint) and print
-    each one's luma statistics (signalstats), blur (blurdetect) and entropy; nothing is written."""
+def measure_argv(
+    ffmpeg_bin: str,
+    src: Source,
+    *,
+    seek_s: float,
+    window: tuple[float, float],
+    measures_file: str,
+    progress_file: str,
+) -> list[str]:
+    """Decode the frames of ``window`` (absolute, the file's clock, as ExactPoint) and write
+    each one's luma statistics (signalstats), blur (blurdetect) and entropy to
+    ``measures_file``, and ffmpeg's progress (its count of frames out of the graph) to
+    ``progress_file``; nothing else is written. Both are plain names in the run's work
+    folder (its cwd): the log on stderr is cut to its head and tail, these files are not."""
     start, end = window
     graph = (
         f"trim=end={end + 1e-3:.6f},select='between(t,{start:.6f},{end:.6f})',"
-        f"scale=w={MEASURE_WIDTH}:h=-2,signalstats,blurdetect,entropy,metadata=mode=print"
+        f"scale=w={MEASURE_WIDTH}:h=-2,signalstats,blurdetect,entropy,"
+        f"metadata=mode=print:file={measures_file}"
     )
     stream = _input(src, seek_s=seek_s)["v:0"]
-    return _compile(stream.output("-", f="null", **{"filter:v": graph}), ffmpeg_bin)
+    args = _compile(stream.output("-", f="null", **{"filter:v": graph}), ffmpeg_bin)
+    return [args[0], *GLOBAL, "-progress", progress_file, *args[1 + len(GLOBAL) :]]

@@ -2,7 +2,9 @@
 replaced by the best frame within a window around its time.
 
 The measures come from the decode itself (ffmpeg's signalstats, blurdetect and entropy on
-frames scaled to 160 px wide), never from Python over full frames. Per frame:
+frames scaled to 160 px wide), never from Python over full frames. They are read from the
+metadata filter's file (never from the log, whose middle is cut on long windows), and a
+count that differs from ffmpeg's count of frames out of the graph fails the request. Per frame:
 
 - black: mean luma (YAVG, on the 16-235 video scale) below 32;
 - uniform: the spread between the 10th and 90th luma percentiles (YHIGH - YLOW) below 10;
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mps_snapshot_server.domain import frames
+from mps_snapshot_server.domain.errors import ServiceFault
 from mps_snapshot_server.media import argv, process
 from mps_snapshot_server.media.argv import Source
 from mps_snapshot_server.media.capture import run_ffmpeg
@@ -31,8 +34,10 @@ DEFAULT_MAX_BLUR = 8.0
 BLACK_YAVG = 32.0
 UNIFORM_SPREAD = 10.0
 
-_FRAME = re.compile(r"\] frame:\d+\s+pts:\S+\s+pts_time:(\S+)")
-_VALUE = re.compile(r"\] (lavfi\.[\w.]+)=(\S+)")
+# The metadata filter's lines, in its file (bare) or in the log (after "[Parsed_... @ 0x..] ").
+_FRAME = re.compile(r"(?:^|\] )frame:\d+\s+pts:\S+\s+pts_time:(\S+)")
+_VALUE = re.compile(r"(?:^|\] )(lavfi\.[\w.]+)=(\S+)")
+_PROGRESS_FRAME = re.compile(r"^frame=(\d+)\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class Measure:
         return ""
 
 
-def parse_measures(stderr: str, origin_s: float) -> list[Measure]:
+def parse_measures(text: str, origin_s: float) -> list[Measure]:
     out: list[Measure] = []
     time: float | None = None
     values: dict[str, float] = {}
@@ -72,7 +77,7 @@ def parse_measures(stderr: str, origin_s: float) -> list[Measure]:
                 )
             )
 
-    for line in stderr.splitlines():
+    for line in text.splitlines():
         if m := _FRAME.search(line):
             flush()
             time, values = float(m.group(1)), {}
@@ -124,6 +129,35 @@ async def measure(
     start = max(0.0, time_s - window_s / 2)
     end = min(info.duration_s, time_s + window_s / 2)
     seek = max(0.0, start - info.seek_lead_s)
-    command = argv.measure_argv(ffmpeg_bin, src, seek_s=seek, window=(origin + start, origin + end))
-    result = await run_ffmpeg(command, limits, workdir)
-    return parse_measures(result.stderr, origin)
+    # One pair of files per measured time (a job may measure several in one work folder).
+    stem = f"measure-{round(time_s * 1e6)}"
+    measures_file, progress_file = workdir / f"{stem}.txt", workdir / f"{stem}.progress"
+    for stale in (measures_file, progress_file):
+        stale.unlink(missing_ok=True)
+    command = argv.measure_argv(
+        ffmpeg_bin,
+        src,
+        seek_s=seek,
+        window=(origin + start, origin + end),
+        measures_file=measures_file.name,
+        progress_file=progress_file.name,
+    )
+    await run_ffmpeg(command, limits, workdir)
+    try:
+        text = measures_file.read_text(errors="replace")
+    except FileNotFoundError:
+        text = ""
+    measures = parse_measures(text, origin)
+    try:
+        counts = _PROGRESS_FRAME.findall(progress_file.read_text(errors="replace"))
+    except FileNotFoundError:
+        counts = []
+    decoded = int(counts[-1]) if counts else 0
+    if len(measures) != decoded:
+        # Never judge on part of the window: a lost measure would make choose() judge
+        # another frame than the one shown at the time.
+        raise ServiceFault(
+            f"Smart pick measured {len(measures)} of the {decoded} frames decoded in its window; "
+            "the measures are incomplete."
+        )
+    return measures
