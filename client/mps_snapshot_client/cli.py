@@ -109,13 +109,15 @@ async def _client_command(args: argparse.Namespace) -> int:
             return 0
         if args.command == "submit":
             response = await client.submit(json.loads(args.text))
-            _print(response)
-            if args.wait and response.snapshot_job.state not in ("Success", "Fail"):
+            if not args.wait:
+                _print(response)
+                return 0
+            # --wait: one JSON document on stdout, the final job; progress goes to stderr.
+            final = response.snapshot_job
+            if final.state not in ("Success", "Fail"):
                 with JobProgress(sys.stderr) as progress:
-                    final = await client.wait(
-                        response.snapshot_job.id, on_event=lambda e: progress.update(e.snapshot_job)
-                    )
-                _print(final)
+                    final = await client.wait(final.id, on_event=lambda e: progress.update(e.snapshot_job))
+            _print(final)
             return 0
         if args.command == "query":
             _print(await client.query(args.ids, state=args.state, pipeline_id=args.pipeline))
