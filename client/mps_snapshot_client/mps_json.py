@@ -60,6 +60,9 @@ def _normalize_value(field: FieldDescriptor, value: Any) -> Any:
         text = value.strip().lower()
         if text in ("true", "false"):
             return text == "true"
+        raise json_format.ParseError(
+            f"Invalid value for {field.json_name}: {value[:64]!r}; expected true or false, with or without quotes"
+        )
     return value
 
 

@@ -59,3 +59,16 @@ def test_an_existing_local_file_is_refused_with_a_hint(
     code = cli.main(["snapshot", "clips/a.mp4", "--out", "my-shots/x.jpg", "--target", "127.0.0.1:1"])
     err = capsys.readouterr().err
     assert code != 0 and "mps-snapshot put" in err, err
+
+
+def test_a_bad_boolean_says_what_is_accepted() -> None:
+    from google.protobuf import json_format
+
+    from mps_snapshot_client import mps_json
+
+    doc = {"Input": {"Bucket": "b", "Object": "k"}, "SnapshotConfig": {"Lossless": "yes"}}
+    with pytest.raises(json_format.ParseError) as info:
+        mps_json.submit_request(doc)
+    assert "with or without quotes" in str(info.value) and "Lossless" in str(info.value)
+    assert "without quotes" not in str(info.value).replace("with or without quotes", "")
+    assert mps_json.submit_request({**doc, "SnapshotConfig": {"Lossless": "true"}}).snapshot_config.lossless
