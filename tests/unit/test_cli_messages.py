@@ -72,3 +72,16 @@ def test_a_bad_boolean_says_what_is_accepted() -> None:
     assert "with or without quotes" in str(info.value) and "Lossless" in str(info.value)
     assert "without quotes" not in str(info.value).replace("with or without quotes", "")
     assert mps_json.submit_request({**doc, "SnapshotConfig": {"Lossless": "true"}}).snapshot_config.lossless
+
+
+def test_cli_json_carries_zero_fields_and_numbers_for_sizes() -> None:
+    import json
+
+    from mps_snapshot_client import mps_json
+    from mps_snapshot_client.api import resources_pb2 as res
+
+    image = res.SnapshotImage(object="a/0.jpg", time=0, requested_time=0, width=64, height=36)
+    doc = json.loads(mps_json.to_json(image))
+    assert doc["Time"] == 0 and doc["RequestedTime"] == 0 and doc["Replaced"] == ""
+    animated = json.loads(mps_json.to_json(res.AnimatedImage(bytes=1234)))
+    assert animated["Bytes"] == 1234  # a number, as int32 sizes are
