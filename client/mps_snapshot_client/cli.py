@@ -51,6 +51,31 @@ def _read_request(name: str) -> str:
     return text
 
 
+def _check_input_path(path: str) -> None:
+    """A local path given where BUCKET/KEY of the server's storage is wanted ends with one
+    line saying so, before anything is sent."""
+    hint = "upload it first with `mps-snapshot put FILE BUCKET/KEY` and pass that BUCKET/KEY"
+    if path.startswith("data/"):
+        rest = path.removeprefix("data/")
+        raise SystemExit(
+            f"error: {path}: the input is BUCKET/KEY of the server's storage, and data/ is the embedded "
+            f"store's root, not a bucket: use {rest}"
+        )
+    if path.startswith("/") or Path(path).is_file():
+        raise SystemExit(
+            f"error: {path} looks like a local file: the input is BUCKET/KEY of the server's storage; {hint}"
+        )
+
+
+def format_error(err: MpsApiError) -> str:
+    """An rpc error for stderr: the code and message, then each field violation not already in it."""
+    lines = [f"error: {err.code}: {err.message}"]
+    for v in err.violations:
+        if v.description not in err.message:
+            lines.append(f"  {v.field}: {v.description}")
+    return "\n".join(lines)
+
+
 def _print(message: object) -> None:
     print(mps_json.to_json(message))  # type: ignore[arg-type]
 
@@ -83,6 +108,7 @@ async def _client_command(args: argparse.Namespace) -> int:
             print(status)
             return 0 if status == "SERVING" else 1
         if args.command == "snapshot":
+            _check_input_path(args.input)
             bucket, key = split_path(args.input)
             out_bucket, out_key = split_path(args.out)
             job = await client.snapshot(
@@ -109,13 +135,15 @@ async def _client_command(args: argparse.Namespace) -> int:
             return 0
         if args.command == "submit":
             response = await client.submit(json.loads(args.text))
-            _print(response)
-            if args.wait and response.snapshot_job.state not in ("Success", "Fail"):
+            if not args.wait:
+                _print(response)
+                return 0
+            # --wait: one JSON document on stdout, the final job; progress goes to stderr.
+            final = response.snapshot_job
+            if final.state not in ("Success", "Fail"):
                 with JobProgress(sys.stderr) as progress:
-                    final = await client.wait(
-                        response.snapshot_job.id, on_event=lambda e: progress.update(e.snapshot_job)
-                    )
-                _print(final)
+                    final = await client.wait(final.id, on_event=lambda e: progress.update(e.snapshot_job))
+            _print(final)
             return 0
         if args.command == "query":
             _print(await client.query(args.ids, state=args.state, pipeline_id=args.pipeline))
@@ -223,12 +251,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: the request is not a SubmitSnapshotJob request: {err}", file=sys.stderr)
         return 2
     except MpsApiError as err:
-        print(f"error: {err.code}: {err.message}", file=sys.stderr)
-        for v in err.violations:
-            print(f"  {v.field}: {v.description}", file=sys.stderr)
+        print(format_error(err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+            return 2
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

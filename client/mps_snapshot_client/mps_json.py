@@ -60,6 +60,9 @@ def _normalize_value(field: FieldDescriptor, value: Any) -> Any:
         text = value.strip().lower()
         if text in ("true", "false"):
             return text == "true"
+        raise json_format.ParseError(
+            f"Invalid value for {field.json_name}: {value[:64]!r}; expected true or false, with or without quotes"
+        )
     return value
 
 
@@ -105,6 +108,40 @@ def submit_request(doc: Mapping[str, Any] | str) -> sps.SubmitSnapshotJobRequest
     return parse(doc, sps.SubmitSnapshotJobRequest())
 
 
+_INT64 = (
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+)
+
+
+def _int64_as_numbers(desc: Descriptor, doc: Any) -> Any:
+    """Proto3 JSON writes 64-bit integers as strings; make them numbers, like 32-bit ones."""
+    if not isinstance(doc, dict):
+        return doc
+    for field in desc.fields:
+        if field.json_name not in doc:
+            continue
+        value = doc[field.json_name]
+        if field.type in _INT64:
+            doc[field.json_name] = [int(v) for v in value] if isinstance(value, list) else int(value)
+        elif (
+            field.type == FieldDescriptor.TYPE_MESSAGE
+            and field.message_type is not None
+            and not field.message_type.GetOptions().map_entry
+            and not field.message_type.full_name.startswith("google.protobuf.")
+        ):
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                _int64_as_numbers(field.message_type, item)
+    return doc
+
+
 def to_json(message: Message) -> str:
-    """The MPS-style JSON of a response (element names as MPS spells them)."""
-    return json_format.MessageToJson(message, indent=2, ensure_ascii=False)
+    """The MPS-style JSON of a response (element names as MPS spells them), for the CLI: every
+    field, at its zero value too, and every integer a number (docs/api.md)."""
+    doc = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    desc: Any = message.DESCRIPTOR
+    return json.dumps(_int64_as_numbers(desc, doc), indent=2, ensure_ascii=False)

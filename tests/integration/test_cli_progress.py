@@ -153,3 +153,19 @@ async def test_put_of_a_large_file_shows_bytes_copied(tmp_path: Path) -> None:
     )
     assert code == 0 and f"copied {size} of {size} bytes in" in out, out
     assert (data / "bulk" / "big2.bin").stat().st_size == size
+
+
+async def test_submit_wait_prints_one_json_document_on_stdout(
+    app: App, data_dir: Path, bucket: str, videos: dict[str, Video], tmp_path: Path
+) -> None:
+    """``submit - --wait``'s stdout is one JSON document, the final job (progress on stderr)."""
+    put(data_dir, bucket, "p/in.mp4", videos["main"].path)
+    proc = await asyncio.create_subprocess_exec(
+        *cli(app, "submit", "-", "--wait"), cwd=ROOT, env=_env(),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(request_file(tmp_path, bucket).read_bytes()), 60)
+    assert proc.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["State"] == "Success" and doc["Count"] == 6
+    assert b"job " in err
