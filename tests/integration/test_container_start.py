@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,62 @@ def test_image_start_command_data_owned_by_another_user_says_one_line() -> None:
     assert len(lines) == 1, done.stderr
     assert str(data) in lines[0] and "uid 65534" in lines[0] and "access-key.json" in lines[0], lines[0]
     assert "chown -R 65534" in lines[0] and "docker run --user" in lines[0], lines[0]
+
+
+def _exposed_ports() -> set[int]:
+    text = (ROOT / "Dockerfile").read_text()
+    final = text.rsplit("\nFROM ", 1)[1]
+    return {int(p.split("/")[0]) for line in final.splitlines() if line.startswith("EXPOSE ") for p in line.split()[1:]}
+
+
+def _get(url: str, data: bytes | None = None) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, data=data, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_image_start_command_serves_http_on_an_exposed_port(tmp_path: Path) -> None:
+    """The image's HTTP listener (MPS HTTP RPC, /metrics, the console) is on 0.0.0.0 on a port
+    the Dockerfile EXPOSEs, beside gRPC; unsigned RPC calls and the console need the key."""
+    image_env, cmd = _image_environment()
+    grpc_port = int(image_env["MPS_SNAPSHOT_LISTEN"].rsplit(":", 1)[1])
+    host, _, http_port = image_env["MPS_SNAPSHOT_HTTP_LISTEN"].rpartition(":")
+    assert host == "0.0.0.0"
+    assert {grpc_port, int(http_port)} <= _exposed_ports()
+    data = tmp_path / "data"
+    data.mkdir()
+    port = _free_port()
+    env = {k: v.replace("/data", str(data)) for k, v in image_env.items() if k != "PATH"}
+    env["MPS_SNAPSHOT_LISTEN"] = f"0.0.0.0:{_free_port()}"
+    env["MPS_SNAPSHOT_HTTP_LISTEN"] = f"0.0.0.0:{port}"
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, f"the image's command exited: {server.stderr.read() if server.stderr else ''}"
+            try:
+                status, body = _get(f"{base}/metrics")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the image's HTTP listener never answered"
+                time.sleep(0.3)
+        assert status == 200 and "# TYPE" in body
+        # An unsigned MPS RPC call is refused.
+        status, body = _get(f"{base}/?Action=QuerySnapshotJobList&Version=2014-06-18&SnapshotJobIds=x", data=b"")
+        assert status in (400, 401, 403), (status, body)
+        assert "Signature" in body or "AccessKey" in body or "denied" in body.lower(), body
+        # The console asks for credentials.
+        status, _ = _get(f"{base}/console/")
+        assert status == 401
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+            pytest.fail("the server did not stop on SIGTERM")
+    assert server.returncode == 0
