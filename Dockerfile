@@ -18,15 +18,18 @@ COPY --from=build /opt/mps /opt/mps
 # 0.0.0.0 is safe here: with no [[principals]] configured, the server creates an access key
 # in /data/access-key.json on first start (mode 0600) and admits only callers that sign
 # with it; the CLI inside the container reads the same file (docker exec ... mps-snapshot).
+# HTTP on 8080: MPS's HTTP RPC (Alibaba Cloud SDKs, signed with that key), the console (asks for
+# the key) and /metrics (Prometheus, unauthenticated: publish 8080 only where that is fine).
 ENV PATH=/opt/mps/bin:$PATH \
     MPS_SNAPSHOT_DATA_DIR=/data \
     MPS_SNAPSHOT_LISTEN=0.0.0.0:50051 \
+    MPS_SNAPSHOT_HTTP_LISTEN=0.0.0.0:8080 \
     MPS_SNAPSHOT_BOOTSTRAP_KEY_FILE=/data/access-key.json \
     MPS_SNAPSHOT_ACCESS_KEY_FILE=/data/access-key.json \
     MPS_SNAPSHOT_TARGET=127.0.0.1:50051
 USER mps
 VOLUME ["/data"]
-EXPOSE 50051
+EXPOSE 50051 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 CMD ["mps-snapshot", "health"]
 STOPSIGNAL SIGTERM
 CMD ["mps-snapshot", "serve"]

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -74,7 +75,10 @@ def with_bootstrap_key(settings: Settings) -> Settings:
     if not settings.bootstrap_key_file or settings.principals:
         return settings
     path = Path(settings.bootstrap_key_file)
-    key_id, secret, created = bootstrap.ensure_key(path)
+    try:
+        key_id, secret, created = bootstrap.ensure_key(path)
+    except OSError as exc:
+        raise not_writable(path.parent, exc) from None
     log.warning(
         "no principals configured: %s access key %s, secret in %s (mode 0600); callers must sign with it "
         "(mps-snapshot --access-key-file %s)",
@@ -84,6 +88,17 @@ def with_bootstrap_key(settings: Settings) -> Settings:
         path,
     )
     return dataclasses.replace(settings, principals=(bootstrap.bootstrap_principal(key_id, secret, path),))
+
+
+def not_writable(folder: Path, exc: OSError) -> SystemExit:
+    """One line for a data folder the server cannot write: which, as which uid, and the fix."""
+    uid = os.getuid()
+    where = f"{exc.filename}" if exc.filename else str(folder)
+    return SystemExit(
+        f"error: cannot write the data folder {folder} ({where}: {exc.strerror or exc}); the server runs as "
+        f"uid {uid}: make the folder writable for it (on the host: chown -R {uid} on the folder mounted at {folder}) "
+        f"or run the container as the folder's owner (docker run --user $(id -u):$(id -g) ...)"
+    )
 
 
 def check_exposure(settings: Settings) -> None:
@@ -144,11 +159,17 @@ class App:
         self.mps_rpc: MpsRpc | None = None
 
     async def start(self) -> int:
+        try:  # before the bootstrap key: an unwritable data folder is reported as such, nothing created
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise not_writable(self.settings.data_dir, exc) from None
         s = self.settings = with_bootstrap_key(self.settings)
         check_exposure(s)
-        s.data_dir.mkdir(parents=True, exist_ok=True)
-        self._data_lock = DataDirLock(s.data_dir)
-        self._data_lock.acquire()
+        try:
+            self._data_lock = DataDirLock(s.data_dir)
+            self._data_lock.acquire()
+        except OSError as exc:
+            raise not_writable(s.data_dir, exc) from None
         self.postgres: PostgresStore | None = None
         self.store: Store
         if s.database_url:
